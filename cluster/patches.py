@@ -1,0 +1,64 @@
+"""Unified diffs of the target file: make one from two texts, apply one to a text.
+
+Applying goes through `git apply` in a scratch directory, so what validates here is exactly
+what the driver later commits and every node re-applies.
+"""
+
+from __future__ import annotations
+
+import difflib
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+class PatchError(ValueError):
+    """The patch does not apply to the text it claims to change."""
+
+
+def make_patch(old: str, new: str, path: str) -> str:
+    """A `git apply`-able unified diff turning `old` into `new` at repo path `path`."""
+    if old == new:
+        return ""
+    lines = difflib.unified_diff(
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+    )
+    out = []
+    for line in lines:
+        out.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return "".join(out)
+
+
+def touched_paths(patch: str) -> list[str]:
+    """Repo paths a unified diff changes, from its `+++`/`---` headers (both sides)."""
+    paths: list[str] = []
+    for line in patch.splitlines():
+        if line.startswith(("+++ ", "--- ")):
+            name = line[4:].split("\t")[0].strip()
+            if name == "/dev/null":
+                continue
+            if name.startswith(("a/", "b/")):
+                name = name[2:]
+            if name not in paths:
+                paths.append(name)
+    return paths
+
+
+def apply_patch(old: str, patch: str, path: str) -> str:
+    """Apply `patch` to `old` (the content of `path`) and return the new text."""
+    if not patch.strip():
+        return old
+    with tempfile.TemporaryDirectory(prefix="ar-patch-") as tmp:
+        target = Path(tmp) / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(old)
+        for args in (["--recount"], ["--recount", "--ignore-whitespace"]):
+            proc = subprocess.run(
+                ["git", "apply", *args, "-"],
+                cwd=tmp,
+                input=patch.encode(),
+                capture_output=True,
+            )
+            if proc.returncode == 0:
+                return target.read_text()
+        raise PatchError(proc.stderr.decode(errors="replace").strip() or "patch does not apply")

@@ -1,0 +1,180 @@
+"""The training process: imports the candidate train.py, runs `train(ctx)`, exports the model.
+
+Started by the referee (trainer/referee.py), never by hand. The candidate gets no data files:
+`ctx.batches()` asks the referee for each batch over a pipe, so the referee alone decides the
+data, its order (from the seed) and when the budget is spent. The returned model is exported
+with torch.export to `model.pt2`; the referee evaluates that graph in its own process, so no
+candidate code runs during evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import random
+import struct
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+HEADER = struct.Struct("<iiif")  # status (1 batch, 0 end, -1 refused), rows, cols, progress
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        b = os.read(fd, min(n - got, 1 << 20))
+        if not b:
+            raise EOFError("the referee closed the data pipe")
+        chunks.append(b)
+        got += len(b)
+    return b"".join(chunks)
+
+
+class TrainContext:
+    """What train.py may use: device, sizes, seed, and budgeted batches from the referee."""
+
+    def __init__(
+        self,
+        *,
+        device: str,
+        vocab_size: int,
+        seq_len: int,
+        seed: int,
+        budget: str,
+        bos_id: int,
+        req_fd: int,
+        data_fd: int,
+    ):
+        import torch
+
+        self.device = torch.device(device)
+        self.is_cuda = self.device.type == "cuda"
+        self.vocab_size = vocab_size
+        self.seq_len = seq_len  # the evaluation context; training windows may be shorter
+        self.seed = seed
+        self.budget = budget
+        self.bos_id = bos_id
+        self.progress = 0.0  # fraction of the budget used, for schedules
+        self.steps = 0
+        self._req, self._data = req_fd, data_fd
+        self._t_log = 0.0
+        self.budget_ended_at: float | None = None
+
+    def batches(self, batch_size: int, seq_len: int | None = None) -> Iterator[tuple]:
+        """Yield (x, y) int64 tensors of shape (batch_size, seq_len) until the budget ends.
+
+        `self.progress` is updated before each yield. Calling it again after the budget
+        ended yields nothing: the budget is for the whole trial.
+        """
+        import numpy as np
+        import torch
+
+        seq_len = seq_len or self.seq_len
+        while self.budget_ended_at is None:
+            os.write(self._req, f"{int(batch_size)} {int(seq_len)}\n".encode())
+            status, rows, cols, progress = HEADER.unpack(_read_exact(self._data, HEADER.size))
+            if status == -1:
+                raise ValueError(
+                    f"the referee refused a batch of {batch_size}x{seq_len}: "
+                    f"at most {self.seq_len} tokens per row and {rows} rows"
+                )
+            if status == 0:
+                self.budget_ended_at = time.monotonic()
+                return
+            buf = _read_exact(self._data, rows * (cols + 1) * 2)
+            arr = torch.from_numpy(np.frombuffer(buf, dtype=np.uint16).astype(np.int64))
+            arr = arr.view(rows, cols + 1)
+            if self.is_cuda:
+                arr = arr.pin_memory().to(self.device, non_blocking=True)
+            self.progress = progress
+            self.steps += 1
+            yield arr[:, :-1], arr[:, 1:]
+
+    def log(self, step: int, loss: float, **extra: float) -> None:
+        """A progress line to the trial log, at most every 2 seconds."""
+        now = time.monotonic()
+        if now - self._t_log >= 2.0:
+            self._t_log = now
+            fields = " ".join(f"{k}={v:.4g}" for k, v in extra.items())
+            print(
+                f"step {step:5d} | progress {self.progress:6.1%} | loss {loss:.4f} {fields}",
+                flush=True,
+            )
+
+
+def _import_train(path: Path):
+    spec = importlib.util.spec_from_file_location("train", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train"] = module
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "train", None)):
+        raise TypeError(f"{path} must define train(ctx) returning the trained model")
+    return module
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--train-py", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--device", required=True)
+    ap.add_argument("--vocab-size", type=int, required=True)
+    ap.add_argument("--seq-len", type=int, required=True)
+    ap.add_argument("--bos-id", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--budget", required=True)
+    ap.add_argument("--eval-batch", type=int, required=True)
+    ap.add_argument("--req-fd", type=int, required=True)
+    ap.add_argument("--data-fd", type=int, required=True)
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    threads = os.environ.get("AUTORESEARCH_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
+        torch.set_num_interop_threads(1)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    ctx = TrainContext(
+        device=args.device,
+        vocab_size=args.vocab_size,
+        seq_len=args.seq_len,
+        seed=args.seed,
+        budget=args.budget,
+        bos_id=args.bos_id,
+        req_fd=args.req_fd,
+        data_fd=args.data_fd,
+    )
+    module = _import_train(args.train_py)
+    model = module.train(ctx)
+    returned_at = time.monotonic()
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"train(ctx) must return the trained torch.nn.Module, got {type(model)}")
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    n_embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
+    example = torch.zeros(args.eval_batch, args.seq_len, dtype=torch.long, device=ctx.device)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,))
+    torch.export.save(program, args.out / "model.pt2")
+    stats = {
+        "num_params": n_params,
+        "flops_per_token": 6 * (n_params - n_embed),
+        "num_steps_reported": ctx.steps,
+        "tail_seconds": (returned_at - ctx.budget_ended_at) if ctx.budget_ended_at else None,
+        "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if ctx.is_cuda else 0.0,
+        "gpu_name": torch.cuda.get_device_name() if ctx.is_cuda else "",
+    }
+    (args.out / "stats.json").write_text(json.dumps(stats))
+
+
+if __name__ == "__main__":
+    main()

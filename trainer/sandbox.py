@@ -1,0 +1,163 @@
+"""How an untrusted trial process is started, confined and killed.
+
+- Environment: an allowlist, so API keys and cloud credentials never reach train.py.
+- Process tree: its own session/process group; the referee becomes a child subreaper so a
+  grandchild that escapes with setsid() is re-parented to it and still gets killed.
+- Filesystem (when Linux user namespaces allow it, `sandbox="auto"`): a private mount namespace
+  in which the evaluation split is an empty tmpfs and the referee's code is read-only, plus a
+  PID namespace so every process of the trial dies with it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+# Only these variables reach a trial; everything else (OPENAI_API_KEY, AWS_*, HF_TOKEN, the
+# Ray token, ...) is dropped.
+ENV_ALLOW = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TERM",
+    "TZ",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "LD_LIBRARY_PATH",
+    "CUDA_HOME",
+    "TRITON_CACHE_DIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+)
+
+
+def trial_env(scratch: Path, threads: int | None, extra: dict[str, str] | None = None) -> dict:
+    env = {k: os.environ[k] for k in ENV_ALLOW if k in os.environ}
+    env.update(
+        HOME=str(scratch), TMPDIR=str(scratch), PYTHONUNBUFFERED="1", PYTHONDONTWRITEBYTECODE="1"
+    )
+    if threads:
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "AUTORESEARCH_THREADS"):
+            env[k] = str(threads)
+    env.update(extra or {})
+    return env
+
+
+@functools.cache
+def namespaces_available() -> bool:
+    """Can we create user+mount+pid namespaces here (unprivileged userns, util-linux unshare)?"""
+    try:
+        proc = subprocess.run(
+            [
+                "unshare",
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--pid",
+                "--fork",
+                "--kill-child",
+                "sh",
+                "-c",
+                "mount -t tmpfs none /mnt 2>/dev/null || mount -t tmpfs none /tmp; echo ok",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return proc.returncode == 0 and proc.stdout.strip() == "ok"
+
+
+def wrap_command(
+    cmd: list[str], hide: list[Path], read_only: list[Path], enable: bool
+) -> list[str]:
+    """Wrap `cmd` so it runs with `hide` masked by empty tmpfs and `read_only` remounted ro."""
+    if not enable:
+        return cmd
+    steps = []
+    for p in read_only:  # first: a later bind of a parent would uncover the hidden dirs
+        q = shlex.quote(str(p))
+        steps.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
+    steps += [f"mount -t tmpfs -o size=1k,mode=0555 none {shlex.quote(str(p))}" for p in hide]
+    script = " && ".join([*steps, "exec " + shlex.join(cmd)])
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "--pid",
+        "--fork",
+        "--kill-child",
+        "sh",
+        "-c",
+        script,
+    ]
+
+
+def become_subreaper() -> None:
+    """Orphaned descendants re-parent to this process instead of init (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _children_map() -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        out.setdefault(ppid, []).append(int(entry))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    kids, todo, seen = _children_map(), [pid], []
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in seen:
+                seen.append(c)
+                todo.append(c)
+    return seen
+
+
+def kill_tree(proc: subprocess.Popen, spare: set[int] = frozenset()) -> None:
+    """Kill the trial's process group and every descendant of ours it left behind."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for _ in range(3):  # a forking process may add children while we sweep
+        victims = [p for p in descendants(os.getpid()) if p not in spare]
+        if not victims:
+            break
+        for pid in victims:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.05)
+        for pid in victims:  # reap only ours: waitpid(-1) would steal other Popens' statuses
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
