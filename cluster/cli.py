@@ -11,6 +11,7 @@ autoresearch report  --tag TAG
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -113,6 +114,97 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
+def _campaign_config(args: argparse.Namespace):
+    from cluster.campaign import CampaignConfig
+
+    workers = None if args.workers in (None, "auto") else int(args.workers)
+    return CampaignConfig(
+        tag=args.tag,
+        repo=args.repo,
+        target=args.target,
+        program=args.program,
+        budget=args.budget,
+        workers=workers,
+        gpu_type=args.gpu_type,
+        strategy=args.strategy,
+        proposer=args.proposer,
+        rounds=args.rounds,
+        trials=args.trials,
+        hours=args.hours,
+        address=args.address,
+        dataset=args.dataset,
+        vocab_size=args.vocab_size,
+        device=args.device,
+        sandbox=args.sandbox,
+        noise_multiple=args.noise_multiple,
+        confirm_multiple=args.confirm_multiple,
+        replicates=args.replicates,
+        per_round=args.per_round,
+        proposals_ahead=args.proposals_ahead,
+        seed=args.seed,
+        trial_timeout=args.timeout,
+        protocol=args.protocol,
+        models=args.model or [],
+        api_base=args.api_base,
+        max_llm_cost=args.max_llm_cost,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cluster.campaign import CampaignError
+    from cluster.driver import run_campaign
+    from cluster.pool import ResourceError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_campaign(_campaign_config(args))
+    except (CampaignError, ResourceError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    from cluster.gitops import GitError, repo_root
+
+    try:
+        root = repo_root(args.repo)
+    except GitError:
+        root = args.repo.resolve()
+    path = root / "runs" / args.tag
+    if not (path / "trials.jsonl").exists():
+        sys.exit(
+            f"error: no campaign {args.tag!r} at {path} (start one with "
+            f"`autoresearch run --tag {args.tag}`)"
+        )
+    return path
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from cluster.status import status_text
+
+    print(status_text(_run_dir(args), args.tag))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from cluster.export import load_results, write_results
+
+    df = load_results(_run_dir(args))
+    write_results(df, args.format, args.out or sys.stdout, top=args.top)
+    if args.out:
+        print(f"wrote {len(df) if args.top is None else min(args.top, len(df))} rows to {args.out}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import make_report
+
+    png, md = make_report(_run_dir(args), args.tag)
+    print(f"wrote {png}\nwrote {md}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="autoresearch",
@@ -133,6 +225,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log", default=None, help="trial log (default runs/trial.log)")
     p.set_defaults(func=cmd_trial)
+
+    p = sub.add_parser("run", help="start or resume a campaign on branch autoresearch/TAG")
+    p.add_argument(
+        "--tag", required=True, help="campaign name: branch autoresearch/TAG, state in runs/TAG/"
+    )
+    _add_trial_options(p)
+    p.add_argument(
+        "--workers",
+        default="auto",
+        help="parallel trials: N or auto (every GPU "
+        "of the pinned type; on CPU, one per core up to 4)",
+    )
+    p.add_argument("--gpu-type", default=None, help="pin one GPU type, e.g. H100, A100")
+    p.add_argument("--strategy", default="rounds", choices=["rounds"])
+    p.add_argument(
+        "--proposer",
+        default="mutate",
+        help="mutate | queue:DIR | llm | a weighted mix like llm=3,mutate=1",
+    )
+    p.add_argument("--program", type=Path, default=None, help="research program (program.md)")
+    p.add_argument("--rounds", type=int, default=None, help="stop after R candidate rounds")
+    p.add_argument("--trials", type=int, default=None, help="stop after K candidate trials")
+    p.add_argument("--hours", type=float, default=None, help="stop after H hours")
+    p.add_argument("--address", default=None, help="Ray cluster to join (auto: the running one)")
+    p.add_argument(
+        "--noise-multiple",
+        type=float,
+        default=2.0,
+        help="a candidate must beat the incumbent by this many noise std (2)",
+    )
+    p.add_argument(
+        "--confirm-multiple",
+        type=float,
+        default=1.0,
+        help="and its confirmation run by this many (1)",
+    )
+    p.add_argument(
+        "--replicates",
+        type=int,
+        default=None,
+        help="incumbent runs that measure the noise (default: workers, at least 2)",
+    )
+    p.add_argument("--per-round", type=int, default=None, help="candidates per round (workers)")
+    p.add_argument(
+        "--proposals-ahead",
+        type=int,
+        default=None,
+        help="validated proposals kept ready (default: workers)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--model", action="append", help="litellm model for --proposer llm (repeat to mix models)"
+    )
+    p.add_argument("--api-base", default=None, help="OpenAI-compatible endpoint for the model")
+    p.add_argument("--max-llm-cost", type=float, default=None, help="stop proposing at $X")
+    p.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("status", cmd_status, "incumbent, noise, trials, GPU use"),
+        ("results", cmd_results, "every trial, ranked"),
+        ("report", cmd_report, "progress.png and report.md"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--tag", required=True)
+        p.add_argument("--repo", type=Path, default=Path("."))
+        p.set_defaults(func=func)
+        if name == "results":
+            p.add_argument("--top", type=int, default=None)
+            p.add_argument(
+                "--format",
+                default="table",
+                choices=["table", "csv", "tsv", "parquet", "md", "json"],
+            )
+            p.add_argument("--out", default=None, help="file to write (default: stdout)")
     return ap
 
 

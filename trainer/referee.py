@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-import trainer
 from cluster.records import TrialResult
 from trainer import guard, sandbox
 from trainer.budget import Budget, BudgetClock
@@ -222,7 +221,9 @@ def run_trial(
             "--data-fd",
             str(data_r),
         ]
-        code_dir = Path(trainer.__file__).resolve().parent
+        code_dir = (
+            Path(__file__).resolve().parent
+        )  # not trainer.__file__: a repo's trainer/ may shadow it
         cmd = sandbox.wrap_command(
             cmd,
             hide=[Path(cfg.data).resolve() / "eval"],

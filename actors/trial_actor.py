@@ -1,0 +1,135 @@
+"""TrialActor: one per GPU (or per CPU share); turns a TrialSpec into a TrialResult.
+
+It holds no campaign state the driver cannot rebuild: a node-local clone of the research
+repo (made from a git bundle the driver sends once, so no shared filesystem is needed), the
+prepared data, and nothing else. For each trial it fetches the candidate's commits, checks
+out the exact sha in a fresh worktree, runs the referee there, returns the metrics, the GPU
+name and the log, and removes the worktree.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from cluster.gitops import Clone
+from cluster.records import TrialResult, TrialSpec
+
+
+class TrialActor:
+    def __init__(
+        self,
+        tag: str,
+        base_sha: str,
+        base_bundle: bytes,
+        dataset: str,
+        vocab_size: int | None,
+        device: str,
+        threads: int | None,
+        sandbox: str,
+        clone_root: str | None = None,
+    ):
+        from trainer.prepare import cache_root
+
+        self.tag, self.base_sha = tag, base_sha
+        root = Path(clone_root) if clone_root else cache_root() / "clones"
+        self.clone = Clone(root / f"{tag}-{base_sha[:12]}.git")
+        self.clone.ensure(base_bundle)
+        self.dataset, self.vocab_size = dataset, vocab_size
+        self.device, self.threads, self.sandbox = device, threads, sandbox
+        self.data: Path | None = None
+
+    def describe(self) -> dict:
+        """Where this actor runs and on what: checked by the driver against the campaign."""
+        from trainer.prepare import prepare
+        from trainer.referee import resolve_device
+
+        self.data = prepare(self.dataset, self.vocab_size)
+        device = resolve_device(self.device)
+        gpu = ""
+        if device.startswith("cuda"):
+            import torch
+
+            gpu = torch.cuda.get_device_name()
+        ctx = ray.get_runtime_context()
+        return {
+            "node": socket.gethostname(),
+            "node_id": ctx.get_node_id(),
+            "device": device,
+            "gpu_name": gpu,
+            "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+    def run(
+        self, spec: TrialSpec, commits: bytes, hard_timeout: float | None = None
+    ) -> tuple[TrialResult, str]:
+        """Run one trial; returns its result and its log text. Never raises for the trial."""
+        from trainer.budget import Budget
+        from trainer.referee import TrialConfig, run_autoresearch_protocol, run_trial
+
+        if self.data is None:
+            self.describe()
+        started = time.time()
+        cancelled = ray.get_runtime_context().is_canceled
+        with tempfile.TemporaryDirectory(prefix=f"ar-{spec.trial_id}-") as tmp:
+            wt, log = Path(tmp) / "wt", Path(tmp) / "trial.log"
+            try:
+                if commits:
+                    self.clone.fetch(commits, spec.commit_sha)
+                self.clone.add_worktree(spec.commit_sha, wt)
+            except Exception as e:  # a checkout problem is the infrastructure's, not the trial's
+                return TrialResult(
+                    status="lost",
+                    error=f"checkout failed: {e}",
+                    started=started,
+                    ended=time.time(),
+                    node=socket.gethostname(),
+                ), ""
+            try:
+                if spec.protocol == "autoresearch":
+                    result = run_autoresearch_protocol(
+                        wt,
+                        log,
+                        timeout=hard_timeout or 900,
+                        threads=self.threads,
+                        cancelled=cancelled,
+                    )
+                else:
+                    cfg = TrialConfig(
+                        data=self.data,
+                        budget=Budget.parse(spec.budget),
+                        seed=spec.seed,
+                        device=self.device,
+                        threads=self.threads,
+                        sandbox=self.sandbox,
+                        hard_timeout=hard_timeout,
+                    )
+                    result = run_trial(wt / spec.target, cfg, log, cancelled=cancelled)
+                text = log.read_text(errors="replace") if log.exists() else ""
+            finally:
+                self.clone.remove_worktree(wt)
+        result.node = socket.gethostname()
+        return result, text[-200_000:]
+
+    def ping(self) -> int:
+        return os.getpid()
+
+
+def actor_class(num_gpus: float, num_cpus: float, accelerator_type: str | None):
+    """The remote actor class with this campaign's resource shape.
+
+    max_restarts=-1 brings a dead actor back (a new process, same clone); max_task_retries=0
+    because the driver, not Ray, decides to re-run a lost trial and records the loss.
+    """
+    opts = {"num_gpus": num_gpus, "num_cpus": num_cpus, "max_restarts": -1, "max_task_retries": 0}
+    if accelerator_type:
+        opts["accelerator_type"] = accelerator_type
+    if not num_gpus:
+        opts["runtime_env"] = {"env_vars": {"CUDA_VISIBLE_DEVICES": ""}}
+    return ray.remote(**opts)(TrialActor)

@@ -1,0 +1,56 @@
+"""`autoresearch status --tag TAG`: where a campaign stands, read from its files (no Ray).
+
+Incumbent and its score, the noise estimate, trials running (the in-flight journal) and done
+by status, the best run so far, and how busy the workers were.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from cluster.export import campaign_summary
+from cluster.gate import Gate
+from cluster.ledger import Ledger
+
+
+def status_text(run_dir: Path, tag: str) -> str:
+    ledger = Ledger(run_dir)
+    rows, config = ledger.rows(), ledger.read_config() or {}
+    journal = run_dir / "inflight.json"
+    running = json.loads(journal.read_text()) if journal.exists() else {}
+    s = campaign_summary(rows, workers=config.get("workers"))
+    merged = [r for r in rows if r.get("merged")]
+    inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
+    inc_runs = Gate.runs_by_commit(rows).get(inc_sha, [])
+    noise = Gate.noise(rows)
+    lines = [
+        f"campaign {tag}: branch autoresearch/{tag}, budget {config.get('budget')}, "
+        f"{config.get('workers', '?')} workers ({config.get('device_kind', '?')})",
+        f"incumbent  {inc_sha[:10]}  val_bpb "
+        + (f"{statistics.fmean(inc_runs):.4f} over {len(inc_runs)} run(s)" if inc_runs else "-")
+        + f", after {len(merged)} merged change(s)",
+        "noise      "
+        + (f"{noise:.4f} val_bpb (std of replicates)" if noise else "not measured yet"),
+        f"trials     {len(running)} running, {len(rows)} done: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())),
+    ]
+    if s["best_val_bpb"] is not None:
+        lines.append(
+            f"best run   {s['best_val_bpb']:.4f} ({s['best_trial_id']}: "
+            f"{(s['best_description'] or '')[:60]})"
+        )
+    if s["busy_fraction"] is not None:
+        lines.append(f"busy       {s['busy_fraction']:.0%} of worker time running trials")
+    if s["total_cost"]:
+        lines.append(f"llm cost   ${s['total_cost']:.2f}")
+    if config.get("device_kind") == "cpu":
+        lines.append(
+            "note       CPU trials share each machine's cores (threads split between "
+            "workers); their timings are not GPU timings"
+        )
+    for tid, entry in running.items():
+        desc = (entry.get("proposal") or {}).get("description") or entry["spec"]["kind"]
+        lines.append(f"running    {tid} {desc[:70]}")
+    return "\n".join(lines)
