@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 os.environ.setdefault("OPENAI_API_KEY", "sk-benchmark-dummy")
 
-from fake_llm import TRAIN_PY, FakeLLM  # noqa: E402
-
 from cluster.proposers.base import ProposalContext  # noqa: E402
 from cluster.proposers.llm import LLMProposer, litellm  # noqa: E402  (imported offline-safe)
 from cluster.validate import validate  # noqa: E402
+
+from fake_llm import TRAIN_PY, FakeLLM  # noqa: E402
 
 TARGET = "trainer/train.py"
 

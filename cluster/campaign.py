@@ -57,7 +57,7 @@ class CampaignConfig:
     device: str = "auto"
     sandbox: str = "auto"
     noise_multiple: float = 2.0
-    confirm_multiple: float = 1.0
+    confirm_multiple: float = 2.0
     replicates: int | None = None  # incumbent runs before the first round (default: workers, >= 2)
     per_round: int | None = None  # candidates per round (default: workers)
     proposals_ahead: int | None = None
@@ -67,6 +67,7 @@ class CampaignConfig:
     models: list[str] = field(default_factory=list)  # llm proposer: litellm model strings
     api_base: str | None = None
     max_llm_cost: float | None = None
+    llm_timeout: float = 120.0
     runs_dir: Path | None = None
     clone_root: str | None = None
 

@@ -147,6 +147,7 @@ def _campaign_config(args: argparse.Namespace):
         models=args.model or [],
         api_base=args.api_base,
         max_llm_cost=args.max_llm_cost,
+        llm_timeout=args.llm_timeout,
     )
 
 
@@ -258,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--confirm-multiple",
         type=float,
-        default=1.0,
-        help="and its confirmation run by this many (1)",
+        default=2.0,
+        help="and its confirmation run by this many (2)",
     )
     p.add_argument(
         "--replicates",
@@ -280,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--api-base", default=None, help="OpenAI-compatible endpoint for the model")
     p.add_argument("--max-llm-cost", type=float, default=None, help="stop proposing at $X")
+    p.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per LLM call")
     p.set_defaults(func=cmd_run)
 
     for name, func, text in (
@@ -305,3 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     sys.exit(args.func(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -85,7 +85,7 @@ class RoundsStrategy:
 
     def gate_round(self, rows: list[dict]) -> None:
         camp, gate = self.camp, self.camp.gate
-        noise, inc_runs = camp.noise(), camp.runs_of(camp.incumbent)
+        (noise, dof), inc_runs = gate.noise_dof(camp.rows), camp.runs_of(camp.incumbent)
         scored = sorted(
             (
                 r
@@ -99,8 +99,8 @@ class RoundsStrategy:
         if not scored or not noise or not inc_runs:
             return
         best = scored[0]
-        if not gate.promising(best["val_bpb"], inc_runs, noise):
-            need = gate.threshold(noise, len(inc_runs), gate.noise_multiple)
+        if not gate.promising(best["val_bpb"], inc_runs, noise, dof):
+            need = gate.threshold(noise, len(inc_runs), gate.noise_multiple, dof)
             camp._say(
                 f"round {camp.round}: best {best['trial_id']} {best['val_bpb']:.4f} does "
                 f"not beat the incumbent by {need:.4f} ({gate.noise_multiple:g} x noise)"
@@ -121,7 +121,8 @@ class RoundsStrategy:
             if spec.kind != "confirm":
                 return None
             runs = camp.runs_of(inc)
-            ok = gate.confirmed(result.val_bpb, runs, camp.noise() or noise)
+            now, now_dof = gate.noise_dof(camp.rows)
+            ok = gate.confirmed(result.val_bpb, runs, now or noise, now_dof or dof)
             return "merge" if ok and camp.incumbent == inc else "discard"
 
         # The replicate goes first so the confirmation is judged with it when both fit.

@@ -9,13 +9,14 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from fake_llm import TRAIN_PY
 
 from cluster.patches import make_patch
 from cluster.proposers.base import ProposalContext
 from cluster.proposers.edits import ParseError, describe, parse_answer
 from cluster.records import Proposal
 from cluster.validate import source_hash, validate
+
+from fake_llm import TRAIN_PY
 
 TARGET = "trainer/train.py"
 

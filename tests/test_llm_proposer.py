@@ -11,11 +11,12 @@ from __future__ import annotations
 import time
 
 import pytest
-from fake_llm import TRAIN_PY, Reply, fake_llm_fixture  # noqa: F401 (fixture fake_llm)
 
 from cluster.proposers.base import ProposalContext
 from cluster.proposers.llm import CredentialsError, LLMProposer, build_prompt
 from cluster.validate import validate
+
+from fake_llm import TRAIN_PY, Reply, fake_llm_fixture  # noqa: F401 (fixture fake_llm)
 
 TARGET = "trainer/train.py"
 MODEL = "openai/fake-model"

@@ -8,11 +8,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, tiny_train_source
 
 from trainer import sandbox
 from trainer.budget import Budget
 from trainer.referee import TrialConfig, format_summary, parse_summary, run_trial
+
+from conftest import ROOT, tiny_train_source
 
 pytestmark = pytest.mark.slow
 needs_ns = pytest.mark.skipif(

@@ -246,6 +246,7 @@ def run_trial(
                 stdin=subprocess.DEVNULL,
                 pass_fds=(req_w, data_r),
                 start_new_session=True,
+                preexec_fn=sandbox.die_with_parent,
             )
         os.close(req_w)
         os.close(data_r)
@@ -404,6 +405,7 @@ def run_autoresearch_protocol(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=sandbox.die_with_parent,
         )
         reason = ""
         while proc.poll() is None:

@@ -111,6 +111,15 @@ def become_subreaper() -> None:
         pass
 
 
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the process that started it dies (a killed actor
+    or driver must not leave trials running on a GPU). Linux only; a no-op elsewhere."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _children_map() -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):

@@ -49,6 +49,7 @@ def build_proposers(cfg, repo: Path) -> list:
                 api_base=cfg.api_base,
                 max_cost=cfg.max_llm_cost,
                 seed=cfg.seed,
+                timeout=cfg.llm_timeout,
                 program=Path(program_path).read_text() if Path(program_path).exists() else "",
             )
             p.check_credentials()

@@ -1,0 +1,82 @@
+"""The non-LLM proposers: mutate (AST constants) and queue (patch files)."""
+
+from __future__ import annotations
+
+import pytest
+
+from cluster.patches import apply_patch, make_patch
+from cluster.proposers import parse_spec
+from cluster.proposers.base import ProposalContext
+from cluster.proposers.mutate import MutateProposer, numeric_constants
+from cluster.proposers.queue import QueueProposer
+from cluster.validate import validate
+
+from conftest import TRAIN_PY
+
+SOURCE = TRAIN_PY.read_text()
+
+
+def ctx(source: str = SOURCE) -> ProposalContext:
+    return ProposalContext(
+        incumbent_sha="a" * 40, incumbent_source=source, target="trainer/train.py"
+    )
+
+
+def test_mutate_changes_only_numeric_literals_and_keeps_comments():
+    props = MutateProposer(seed=3).propose(ctx(), 20)
+    assert len(props) >= 15
+    names = {n for n, _ in numeric_constants(SOURCE)}
+    for p in props:
+        new = apply_patch(SOURCE, p.patch, "trainer/train.py")
+        changed = [
+            (a, b) for a, b in zip(SOURCE.splitlines(), new.splitlines(), strict=True) if a != b
+        ]
+        assert 1 <= len(changed) <= 2
+        for old_line, new_line in changed:
+            assert old_line.split("=")[0] == new_line.split("=")[0]
+            assert old_line.split("=")[0].strip() in names
+            assert ("#" in old_line) == ("#" in new_line)
+        assert p.description.split(" ")[0] in names
+
+
+def test_mutate_is_reproducible_and_skips_prefixes():
+    a = MutateProposer(seed=5, skip_prefixes=("GPU_",)).propose(ctx(), 10)
+    b = MutateProposer(seed=5, skip_prefixes=("GPU_",)).propose(ctx(), 10)
+    assert [p.patch for p in a] == [p.patch for p in b]
+    assert not any("GPU_" in p.description for p in a)
+
+
+def test_mutate_proposals_pass_validation_and_repeats_are_duplicates():
+    seen: set[str] = set()
+    props = [validate(p, ctx(), seen) for p in MutateProposer(seed=1).propose(ctx(), 30)]
+    valid = [p for p in props if not p.error]
+    assert len(valid) >= 10
+    assert all(p.error.startswith("duplicate") for p in props if p.error)
+
+
+def test_queue_proposes_each_file_once_with_its_description(tmp_path):
+    new = SOURCE.replace("GRAD_CLIP = 1.0", "GRAD_CLIP = 0.5")
+    (tmp_path / "b.patch").write_text(
+        "# tighter clipping\n" + make_patch(SOURCE, new, "trainer/train.py")
+    )
+    (tmp_path / "a.diff").write_text(
+        make_patch(SOURCE, new.replace("0.5", "0.25", 1), "trainer/train.py")
+    )
+    q = QueueProposer(tmp_path)
+    props = q.propose(ctx(), 5)
+    assert [p.description for p in props] == ["a", "tighter clipping"]
+    assert apply_patch(SOURCE, props[1].patch, "trainer/train.py") == new
+    assert q.propose(ctx(), 5) == []
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["a.diff", "b.patch"]
+
+
+def test_queue_needs_an_existing_folder(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        QueueProposer(tmp_path / "missing")
+
+
+def test_proposer_spec_parsing():
+    assert parse_spec("llm=3,mutate=1") == [("llm", 3.0), ("mutate", 1.0)]
+    assert parse_spec("queue:patches") == [("queue:patches", 1.0)]
+    with pytest.raises(ValueError, match="NAME=WEIGHT"):
+        parse_spec("llm=lots")
