@@ -38,11 +38,23 @@ class TrialActor:
 
         self.tag, self.base_sha = tag, base_sha
         root = Path(clone_root) if clone_root else cache_root() / "clones"
-        self.clone = Clone(root / f"{tag}-{base_sha[:12]}.git")
+        # One clone per campaign per Ray node, shared by that node's actors (file-locked).
+        node = ray.get_runtime_context().get_node_id()[:12]
+        self.clone = Clone(root / f"{tag}-{base_sha[:12]}" / f"{node}.git")
         self.clone.ensure(base_bundle)
         self.dataset, self.vocab_size = dataset, vocab_size
         self.device, self.threads, self.sandbox = device, threads, sandbox
         self.data: Path | None = None
+        self.memory_limit_mb = self._memory_share()
+
+    def _memory_share(self) -> float:
+        """This trial's share of the node's RAM: one slot per GPU, or per CPU share."""
+        from trainer.sandbox import memory_share_mb
+
+        me = ray.get_runtime_context().get_node_id()
+        res = next((n["Resources"] for n in ray.nodes() if n["NodeID"] == me), {})
+        slots = int(res.get("GPU", 0)) or max(1, int(res.get("CPU", 1)) // (self.threads or 1))
+        return memory_share_mb(slots)
 
     def describe(self) -> dict:
         """Where this actor runs and on what: checked by the driver against the campaign."""
@@ -109,6 +121,7 @@ class TrialActor:
                         threads=self.threads,
                         sandbox=self.sandbox,
                         hard_timeout=hard_timeout,
+                        memory_limit_mb=self.memory_limit_mb,
                     )
                     result = run_trial(wt / spec.target, cfg, log, cancelled=cancelled)
                 text = log.read_text(errors="replace") if log.exists() else ""

@@ -58,7 +58,7 @@ class CampaignConfig:
     sandbox: str = "auto"
     noise_multiple: float = 2.0
     confirm_multiple: float = 2.0
-    replicates: int | None = None  # incumbent runs before the first round (default: workers, >= 2)
+    replicates: int | None = None  # incumbent runs before the first round (default: workers, >= 4)
     per_round: int | None = None  # candidates per round (default: workers)
     proposals_ahead: int | None = None
     seed: int = 0
@@ -285,6 +285,8 @@ class Campaign:
             "merged": merged,
             "noise": self.noise(),
             "incumbent_bpb": sum(inc) / len(inc) if inc else None,
+            "dispatched": result.extra.get("dispatched"),  # with started/ended: overheads
+            "recorded": time.time(),
         }
         self.ledger.append(row)
         self.rows.append(row)

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--replicates",
         type=int,
         default=None,
-        help="incumbent runs that measure the noise (default: workers, at least 2)",
+        help="incumbent runs that measure the noise (default: workers, at least 4)",
     )
     p.add_argument("--per-round", type=int, default=None, help="candidates per round (workers)")
     p.add_argument(

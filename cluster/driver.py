@@ -53,13 +53,20 @@ class Driver:
         camp, queue, rows = self.camp, list(specs), []
         camp._journal()
         while queue or self.pool.busy():
+            if (
+                queue
+                and not self.pool.idle()
+                and not self.pool.busy()
+                and not self.pool.recovering()
+            ):
+                raise CampaignError("no trial worker is left alive to run the queued trials")
             while queue and self.pool.idle():
                 spec = queue.pop(0)
                 self.pool.submit(spec)
             self.pipeline.in_flight(
                 [
                     (camp.inflight.get(s.trial_id, {}).get("proposal") or {}).get("description", "")
-                    for _, s, _ in self.pool.pending.values()
+                    for _, s, _, _ in self.pool.pending.values()
                 ]
             )
             for spec, result, text, _ in self.pool.results(timeout=5.0):

@@ -82,7 +82,8 @@ class WorkerPool:
         base = ray.put(actor_args.pop("base_bundle"))
         self.workers = [WorkerInfo(cls.remote(base_bundle=base, **actor_args), i) for i in range(n)]
         self.free = list(range(n))
-        self.pending: dict = {}  # ObjectRef -> (worker index, spec, t_dispatch)
+        self.pending: dict = {}  # ObjectRef -> (worker index, spec, t_dispatch, wall time)
+        self.pings: dict = {}  # ObjectRef of a ping -> index of a worker whose actor died
         self.bundle_for = bundle_for
         self.trial_timeout = trial_timeout
         self.started = time.monotonic()
@@ -112,24 +113,41 @@ class WorkerPool:
         i = self.free.pop(0)
         commits = self.bundle_for(spec.commit_sha)
         ref = self.workers[i].handle.run.remote(spec, commits, self.trial_timeout)
-        self.pending[ref] = (i, spec, time.monotonic())
+        self.pending[ref] = (i, spec, time.monotonic(), time.time())
+
+    def recovering(self) -> int:
+        return len(self.pings)
+
+    def _check_pings(self, ready: list) -> None:
+        """Workers whose actor died come back once Ray has restarted them (maybe elsewhere)."""
+        for ref in [r for r in ready if r in self.pings]:
+            i = self.pings.pop(ref)
+            try:
+                ray.get(ref)
+                self.free.append(i)
+            except RayActorError:  # not back yet (no capacity, node still dead): ask again
+                self.pings[self.workers[i].handle.ping.remote()] = i
 
     def results(self, timeout: float) -> Iterator[tuple[TrialSpec, TrialResult, str, int]]:
         """Trials that finished within `timeout` seconds: (spec, result, log, worker index)."""
-        if not self.pending:
+        refs = list(self.pending) + list(self.pings)
+        if not refs:
             return
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         # Collect everything else already done too, without waiting.
         if ready:
-            more, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=0)
+            more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             ready = list(dict.fromkeys(ready + more))
-        for ref in ready:
-            i, spec, t0 = self.pending.pop(ref)
+        self._check_pings(ready)
+        for ref in [r for r in ready if r in self.pending]:
+            i, spec, t0, dispatched = self.pending.pop(ref)
             self.workers[i].busy_seconds += time.monotonic() - t0
-            self.free.append(i)
             try:
                 result, text = ray.get(ref)
+                self.free.append(i)
             except RayActorError as e:
+                # Do not hand this worker more work until its actor answers again.
+                self.pings[self.workers[i].handle.ping.remote()] = i
                 result, text = (
                     TrialResult(
                         status="lost", error=f"worker died: {_first(e)}", ended=time.time()
@@ -137,17 +155,19 @@ class WorkerPool:
                     "",
                 )
             except RayTaskError as e:  # a bug on our side of the actor, not the candidate's
+                self.free.append(i)
                 result, text = (
                     TrialResult(
                         status="lost", error=f"worker error: {_first(e)}", ended=time.time()
                     ),
                     "",
                 )
+            result.extra["dispatched"] = dispatched
             yield spec, result, text, i
 
     def busy_fraction(self) -> float:
         wall = (time.monotonic() - self.started) * max(1, len(self.workers))
-        running = sum(time.monotonic() - t0 for _, _, t0 in self.pending.values())
+        running = sum(time.monotonic() - p[2] for p in self.pending.values())
         return (sum(w.busy_seconds for w in self.workers) + running) / wall if wall else 0.0
 
     def cancel_all(self) -> None:

@@ -17,7 +17,8 @@ class RoundsStrategy:
         self.cfg, self.driver, self.camp = cfg, driver, driver.camp
         self.workers = workers
         self.per_round = cfg.per_round or workers
-        self.replicates = max(2, cfg.replicates or workers)
+        # 4+ replicates: with 2, Student's t widens the gate 6x (one degree of freedom).
+        self.replicates = max(2, cfg.replicates or max(4, workers))
         self.rounds_done = 0
         self.t_start = time.monotonic()
 

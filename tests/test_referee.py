@@ -193,3 +193,12 @@ def test_a_crashing_trial_reports_its_traceback(tmp_path, data):
     r = trial(tmp_path, data, source)
     assert r.status == "crash"
     assert "boom from train.py" in r.error
+
+
+def test_a_trial_that_hogs_memory_is_killed_alone(tmp_path, data):
+    source = inject(
+        tiny_train_source(), "hog = bytearray(1500 * 2**20)\nimport time\ntime.sleep(60)\n"
+    )
+    r = trial(tmp_path, data, source, memory_limit_mb=800)
+    assert r.status == "crash"
+    assert "over its share of 800 MiB" in r.error

@@ -59,6 +59,7 @@ class TrialConfig:
     eval_batch: int | None = None
     startup_allowance: float | None = None  # seconds until the first batch is asked for
     tail_grace: float | None = None  # seconds allowed after the budget ends (export, exit)
+    memory_limit_mb: float | None = None  # resident memory of the whole trial; killed above
 
 
 def resolve_device(device: str) -> str:
@@ -252,9 +253,18 @@ def run_trial(
         os.close(data_r)
         server = _BatchServer(train, clock, cfg.seed, seq_len, req_r, data_w)
         server.start()
-        reason = ""
+        reason, next_mem_check = "", 0.0
         while proc.poll() is None:
             now = time.monotonic()
+            if cfg.memory_limit_mb and now >= next_mem_check:
+                next_mem_check = now + 1.0
+                rss = sandbox.tree_rss_mb(proc.pid)
+                if rss > cfg.memory_limit_mb:
+                    reason = (
+                        f"used {rss:.0f} MiB of memory, over its share of "
+                        f"{cfg.memory_limit_mb:.0f} MiB"
+                    )
+                    break
             if cancelled():
                 reason = "cancelled"
             elif now - t_start > hard_timeout:
@@ -286,6 +296,8 @@ def run_trial(
         )
         if reason == "cancelled":
             return result("lost", "cancelled by the driver", **measured)
+        if reason.startswith("used "):
+            return result("crash", f"killed: {reason}\n{_tail(log_path)}", **measured)
         if reason:
             return result("timeout", f"killed: {reason}\n{_tail(log_path)}", **measured)
         if proc.returncode != 0 or not (out / "model.pt2").exists():

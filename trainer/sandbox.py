@@ -111,12 +111,22 @@ def become_subreaper() -> None:
         pass
 
 
+MAX_FILE_BYTES = 64 * 2**30  # no single file a trial writes may exceed this (RLIMIT_FSIZE)
+
+
 def die_with_parent() -> None:
     """preexec_fn: SIGKILL this child when the process that started it dies (a killed actor
-    or driver must not leave trials running on a GPU). Linux only; a no-op elsewhere."""
+    or driver must not leave trials running on a GPU), and cap the size of any file it
+    writes so one runaway trial cannot fill the node's disk. Linux only."""
+    import resource
+
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
+        pass
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
+    except (ValueError, OSError):
         pass
 
 
@@ -143,6 +153,24 @@ def descendants(pid: int) -> list[int]:
                 seen.append(c)
                 todo.append(c)
     return seen
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/statm") as f:
+                total += int(f.read().split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory_share_mb(workers_per_node: int) -> float:
+    """A trial's fair share of this node's RAM (90% of it, split between its workers)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+    return 0.9 * total / max(1, workers_per_node)
 
 
 def kill_tree(proc: subprocess.Popen, spare: set[int] = frozenset()) -> None:

@@ -1,0 +1,109 @@
+"""Orchestration overhead and worker-busy fraction of the driver (not a test).
+
+    python benchmarks/orchestration.py [--gpus 8] [--sleep 5] [--rounds 3]
+
+A campaign on a local Ray with fake GPUs whose trials only sleep for a fixed time (an
+autoresearch-protocol train.py that sleeps, then prints a score of its constants), so what is
+measured is the driver, the actors, git and the ledger, not training. Prints, per trial:
+  dispatch overhead = trainer start - proposal dispatched to a free worker (Ray call, bundle
+                      fetch, worktree checkout, process start)
+  record overhead   = ledger row written - trainer end (result transfer, gate, fsync'd append)
+and the busy fraction: time workers spent in trials / (workers x campaign wall-clock), next to
+its ideal for the rounds strategy (1 at full rounds; confirmation pairs leave workers idle).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+TRAIN = '''"""Sleep-only trial: a noisy score of its constants after a fixed sleep."""
+import random, time
+A = 1.0
+B = 2.0
+sleep_seconds = {sleep}
+time.sleep(sleep_seconds)
+score = (A - 0.3) ** 2 + (B - 1.5) ** 2 + random.gauss(0, 0.01) + 1.0
+print("---")
+print(f"val_bpb:          {{score:.6f}}")
+print(f"training_seconds: {{sleep_seconds:.1f}}")
+print("num_steps:        1")
+'''
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--gpus", type=int, default=8)
+    ap.add_argument("--sleep", type=float, default=5.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    import ray
+
+    from cluster.campaign import CampaignConfig
+    from cluster.driver import run_campaign
+
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        (repo / "train.py").write_text(TRAIN.format(sleep=args.sleep))
+        env = {
+            **os.environ,
+            "GIT_AUTHOR_NAME": "b",
+            "GIT_AUTHOR_EMAIL": "b@b",
+            "GIT_COMMITTER_NAME": "b",
+            "GIT_COMMITTER_EMAIL": "b@b",
+        }
+        for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "sleep trial"]):
+            subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
+        ray.init(num_cpus=2, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
+        t0 = time.time()
+        camp = run_campaign(
+            CampaignConfig(
+                tag="bench",
+                repo=repo,
+                target="train.py",
+                protocol="autoresearch",
+                device="cpu",
+                workers=args.gpus,
+                rounds=args.rounds,
+                budget=f"{args.sleep:g}s",
+                sandbox="off",
+            )
+        )
+        wall = time.time() - t0
+        rows = camp.ledger.rows()
+        ray.shutdown()
+    ok = [r for r in rows if r["started"] and r["dispatched"]]
+    dispatch = [1000 * (r["started"] - r["dispatched"]) for r in ok]
+    record = [1000 * (r["recorded"] - r["ended"]) for r in ok]
+    trial = [r["total_seconds"] for r in ok]
+    first = min(r["dispatched"] for r in ok)
+    last = max(r["recorded"] for r in ok)
+    busy = sum(trial) / (args.gpus * (last - first))
+    # Ideal for rounds: each phase is one sleep long; replicate and candidate phases fill every
+    # worker, a confirmation phase fills two.
+    phases = {(r["round"], r["kind"] == "candidate") for r in ok}
+    ideal = sum(trial) / (args.gpus * len(phases) * statistics.fmean(trial))
+    print(
+        f"{len(rows)} trials on {args.gpus} fake GPUs, {args.sleep:g}s sleep each, campaign "
+        f"wall {wall:.1f}s (trials {last - first:.1f}s)"
+    )
+    print(
+        f"dispatch overhead: median {statistics.median(dispatch):.0f} ms, "
+        f"p90 {sorted(dispatch)[int(0.9 * len(dispatch))]:.0f} ms"
+    )
+    print(
+        f"record overhead:   median {statistics.median(record):.0f} ms, "
+        f"p90 {sorted(record)[int(0.9 * len(record))]:.0f} ms"
+    )
+    print(f"trial process wall: mean {statistics.fmean(trial):.2f}s for a {args.sleep:g}s sleep")
+    print(f"busy fraction {busy:.3f}; ideal for rounds {ideal:.3f}; ratio {busy / ideal:.3f}")
+
+
+if __name__ == "__main__":
+    main()
