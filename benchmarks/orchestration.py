@@ -85,10 +85,12 @@ def main() -> None:
     first = min(r["dispatched"] for r in ok)
     last = max(r["recorded"] for r in ok)
     busy = sum(trial) / (args.gpus * (last - first))
-    # Ideal for rounds: each phase is one sleep long; replicate and candidate phases fill every
-    # worker, a confirmation phase fills two.
-    phases = {(r["round"], r["kind"] == "candidate") for r in ok}
-    ideal = sum(trial) / (args.gpus * len(phases) * statistics.fmean(trial))
+    # Ideal for rounds: phases (replicates, candidates, confirmation pair) run one after the
+    # other, each one trial long; a phase with fewer trials than workers leaves some idle.
+    # Phases are the waves of dispatches (a gap of over a second between them).
+    times = sorted(r["dispatched"] for r in ok)
+    phases = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.0)
+    ideal = sum(trial) / (args.gpus * phases * statistics.fmean(trial))
     print(
         f"{len(rows)} trials on {args.gpus} fake GPUs, {args.sleep:g}s sleep each, campaign "
         f"wall {wall:.1f}s (trials {last - first:.1f}s)"
@@ -102,7 +104,10 @@ def main() -> None:
         f"p90 {sorted(record)[int(0.9 * len(record))]:.0f} ms"
     )
     print(f"trial process wall: mean {statistics.fmean(trial):.2f}s for a {args.sleep:g}s sleep")
-    print(f"busy fraction {busy:.3f}; ideal for rounds {ideal:.3f}; ratio {busy / ideal:.3f}")
+    print(
+        f"busy fraction {busy:.3f}; ideal for rounds ({phases} phases) {ideal:.3f}; "
+        f"ratio {busy / ideal:.3f}"
+    )
 
 
 if __name__ == "__main__":
