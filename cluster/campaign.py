@@ -43,7 +43,7 @@ class CampaignConfig:
     repo: Path = Path(".")
     target: str = "trainer/train.py"
     program: Path | None = None
-    budget: str | None = None  # default: 300s on GPUs, 1.2Mtokens-equivalent on CPU
+    budget: str | None = None  # default: trainer.budget.default_budget (300s GPU, tokens CPU)
     workers: int | None = None  # None: every GPU (of gpu_type), or the CPU default
     gpu_type: str | None = None
     strategy: str = "rounds"

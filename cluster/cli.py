@@ -15,14 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from trainer.budget import CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET, default_budget
 from trainer.prepare import DATASETS
-
-CPU_DEFAULT_BUDGET = "1.2Mtokens"  # ~60 s on 2 cores; std 0.006 bpb vs 0.022 for a 60 s clock
-GPU_DEFAULT_BUDGET = "300s"  # autoresearch's five minutes
-
-
-def default_budget(device: str) -> str:
-    return GPU_DEFAULT_BUDGET if device.startswith("cuda") else CPU_DEFAULT_BUDGET
 
 
 def _add_trial_options(p: argparse.ArgumentParser) -> None:

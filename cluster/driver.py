@@ -20,11 +20,9 @@ from cluster.pool import WorkerPool, check_gpu_type, cluster_gpus, default_cpu_w
 from cluster.proposers import build_proposers
 from cluster.records import TrialResult, TrialSpec
 from cluster.validate import source_hash
+from trainer.budget import default_budget
 
 log = logging.getLogger(__name__)
-
-CPU_DEFAULT_BUDGET = "1.2Mtokens"
-GPU_DEFAULT_BUDGET = "300s"
 
 
 def connect(address: str | None) -> None:
@@ -159,7 +157,7 @@ def resolve(cfg: CampaignConfig) -> dict:
         threads=threads,
         gpus_per_trial=1 if gpus else 0,
         cpus_per_trial=0 if gpus else min(threads or 1, total_cpus),
-        budget=cfg.budget or (CPU_DEFAULT_BUDGET if device_kind == "cpu" else GPU_DEFAULT_BUDGET),
+        budget=cfg.budget or default_budget(device_kind),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,45 @@ def data(cache_dir) -> Path:
     from trainer.prepare import prepare
 
     return prepare("builtin", TEST_VOCAB)
+
+
+# A starting point with headroom: learning rates 5x too low, so raising them is a real gain.
+PLANTED = dict(LEARNING_RATE=0.0004, EMBEDDING_LR=0.002, UNEMBEDDING_LR=0.0004)
+
+
+def make_repo(path: Path, **constants) -> Path:
+    """A research repo with a tiny trainer/train.py, committed."""
+    from cluster.gitops import IDENTITY
+
+    (path / "trainer").mkdir(parents=True)
+    (path / "trainer" / "train.py").write_text(tiny_train_source(**constants))
+    (path / ".gitignore").write_text("runs/\n")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
+        subprocess.run(["git", *args], cwd=path, check=True, env={**os.environ, **IDENTITY})
+    return path
+
+
+def campaign_config(repo: Path, tag: str, **kw):
+    """A CampaignConfig for tests: 20-step CPU trials on the test vocabulary."""
+    from cluster.campaign import CampaignConfig
+
+    base = dict(
+        tag=tag,
+        repo=repo,
+        budget="20steps",
+        vocab_size=TEST_VOCAB,
+        device="cpu",
+        seed=1,
+        trial_timeout=120,
+    )
+    return CampaignConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(data):
+    """A local Ray with 2 fake GPUs for a test module (started after the data cache is set)."""
+    import ray
+
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -74,6 +74,20 @@ def train(ctx):
 '''
 
 
+# A well-formed answer that edits TRAIN_PY: one SEARCH/REPLACE block in a fence.
+DOUBLE_LR = """DESCRIPTION: double the learning rate
+
+trainer/train.py
+```python
+<<<<<<< SEARCH
+LR = 0.003  # AdamW learning rate
+=======
+LR = 0.006  # AdamW learning rate
+>>>>>>> REPLACE
+```
+"""
+
+
 @dataclass
 class Reply:
     """One scripted answer. Usage defaults to about one token per four characters."""

@@ -13,47 +13,13 @@ from pathlib import Path
 import pytest
 
 from cluster import gitops
-from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
 from cluster.export import load_results
 
-from conftest import TEST_VOCAB, set_constants, tiny_train_source
+from conftest import PLANTED, TEST_VOCAB, make_repo, set_constants
+from conftest import campaign_config as config
 
 pytestmark = pytest.mark.slow
-
-# A starting point with headroom: learning rates 5x too low, so raising them is a real gain.
-PLANTED = dict(LEARNING_RATE=0.0004, EMBEDDING_LR=0.002, UNEMBEDDING_LR=0.0004)
-
-
-def make_repo(path: Path, **constants) -> Path:
-    (path / "trainer").mkdir(parents=True)
-    (path / "trainer" / "train.py").write_text(tiny_train_source(**constants))
-    (path / ".gitignore").write_text("runs/\n")
-    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
-        subprocess.run(["git", *args], cwd=path, check=True, env={**os.environ, **gitops.IDENTITY})
-    return path
-
-
-def config(repo: Path, tag: str, **kw) -> CampaignConfig:
-    base = dict(
-        tag=tag,
-        repo=repo,
-        budget="20steps",
-        vocab_size=TEST_VOCAB,
-        device="cpu",
-        seed=1,
-        trial_timeout=120,
-    )
-    return CampaignConfig(**{**base, **kw})
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(data):
-    import ray
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_mutate_campaign_finds_and_merges_a_real_improvement(tmp_path, ray_cluster):

@@ -16,7 +16,7 @@ from cluster.proposers.edits import ParseError, describe, parse_answer
 from cluster.records import Proposal
 from cluster.validate import source_hash, validate
 
-from fake_llm import TRAIN_PY
+from fake_llm import DOUBLE_LR, TRAIN_PY
 
 TARGET = "trainer/train.py"
 
@@ -37,18 +37,7 @@ def ctx() -> ProposalContext:
 
 
 def test_search_replace_block_with_filename_and_fence_changes_only_that_line():
-    answer = """DESCRIPTION: double the learning rate
-
-trainer/train.py
-```python
-<<<<<<< SEARCH
-LR = 0.003  # AdamW learning rate
-=======
-LR = 0.006  # AdamW learning rate
->>>>>>> REPLACE
-```
-"""
-    description, new = parse(answer)
+    description, new = parse(DOUBLE_LR)
     assert description == "double the learning rate"
     assert new == TRAIN_PY.replace("LR = 0.003", "LR = 0.006")
 

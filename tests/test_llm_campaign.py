@@ -7,13 +7,11 @@ import re
 import pytest
 
 from cluster import gitops
-from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
 from cluster.proposers.llm import LLMProposer
 
-from conftest import TEST_VOCAB
+from conftest import PLANTED, campaign_config, make_repo
 from fake_llm import Reply, fake_llm_fixture  # noqa: F401
-from test_campaign import PLANTED, make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +22,6 @@ def edit(source: str, name: str, value: float, desc: str, path: str = "trainer/t
     return (
         f"DESCRIPTION: {desc}\n\n{path}\n<<<<<<< SEARCH\n{line}\n=======\n{new}\n>>>>>>> REPLACE\n"
     )
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(data):
-    import ray
-
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def test_llm_campaign_merges_good_edits_and_records_bad_answers(
@@ -61,13 +50,9 @@ def test_llm_campaign_merges_good_edits_and_records_bad_answers(
         edit(src, "UNEMBEDDING_LR", 0.002, "raise the head learning rate 5x"),
         default="I have no further ideas.",
     )
-    cfg = CampaignConfig(
-        tag="llm",
-        repo=repo,
-        budget="20steps",
-        vocab_size=TEST_VOCAB,
-        device="cpu",
-        seed=1,
+    cfg = campaign_config(
+        repo,
+        "llm",
         workers=2,
         per_round=3,
         proposals_ahead=6,
@@ -76,7 +61,6 @@ def test_llm_campaign_merges_good_edits_and_records_bad_answers(
         models=["openai/fake-model"],
         api_base=server.api_base,
         llm_timeout=1.5,
-        trial_timeout=120,
     )
     camp = run_campaign(cfg)
     rows = camp.ledger.rows()
@@ -87,11 +71,11 @@ def test_llm_campaign_merges_good_edits_and_records_bad_answers(
     assert "duplicate" in errors
     assert "Sorry" in errors or "no edit" in errors.lower() or "DESCRIPTION" in errors
     ran = {r["description"] for r in cands if r["val_bpb"] is not None}
-    assert ran == {
-        "raise the matrix learning rate 5x",
-        "raise the embedding learning rate 5x",
-        "raise the head learning rate 5x",
-    }  # incl. the ones after a 429 and a timeout
+    # The same edit came twice, concurrently: whichever validated first ran, the other is the
+    # duplicate. The two after a 429 and after a timeout ran too.
+    same = {"raise the matrix learning rate 5x", "same edit again"}
+    assert len(ran & same) == 1
+    assert ran - same == {"raise the embedding learning rate 5x", "raise the head learning rate 5x"}
     assert all(r["proposer"] == "llm" and r["model"] == "openai/fake-model" for r in cands)
     assert all((r["prompt_tokens"] or 0) > 0 for r in cands if r["val_bpb"] is not None)
     merged = [r for r in rows if r["merged"]]

@@ -16,22 +16,11 @@ from cluster.proposers.base import ProposalContext
 from cluster.proposers.llm import CredentialsError, LLMProposer, build_prompt
 from cluster.validate import validate
 
-from fake_llm import TRAIN_PY, Reply, fake_llm_fixture  # noqa: F401 (fixture fake_llm)
+from fake_llm import DOUBLE_LR, TRAIN_PY, Reply, fake_llm_fixture  # noqa: F401 (fixture fake_llm)
 
 TARGET = "trainer/train.py"
 MODEL = "openai/fake-model"
 PRICES = {MODEL: (2.0, 10.0)}  # USD per 1M prompt / completion tokens
-DOUBLE_LR = """DESCRIPTION: double the learning rate
-
-trainer/train.py
-```python
-<<<<<<< SEARCH
-LR = 0.003  # AdamW learning rate
-=======
-LR = 0.006  # AdamW learning rate
->>>>>>> REPLACE
-```
-"""
 DEEPER = (
     DOUBLE_LR.replace("double the learning rate", "one more layer")
     .replace("LR = 0.003  # AdamW learning rate", "DEPTH = 2  # transformer layers")

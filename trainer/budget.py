@@ -17,6 +17,16 @@ from dataclasses import dataclass
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
 
+# GPU: autoresearch's five minutes. CPU: a token budget, deterministic given the seed (a
+# wall-clock budget adds step-count jitter from whatever else the machine runs); 500k tokens
+# is ~40 s of training solo on 2 cores, ~80 s for each of two 1-thread trials side by side.
+CPU_DEFAULT_BUDGET = "500ktokens"
+GPU_DEFAULT_BUDGET = "300s"
+
+
+def default_budget(device: str) -> str:
+    return GPU_DEFAULT_BUDGET if device.startswith("cuda") else CPU_DEFAULT_BUDGET
+
 
 @dataclass(frozen=True)
 class Budget:
