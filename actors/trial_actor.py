@@ -26,7 +26,6 @@ class TrialActor:
         self,
         tag: str,
         base_sha: str,
-        base_bundle: bytes,
         dataset: str,
         vocab_size: int | None,
         device: str,
@@ -41,7 +40,6 @@ class TrialActor:
         # One clone per campaign per Ray node, shared by that node's actors (file-locked).
         node = ray.get_runtime_context().get_node_id()[:12]
         self.clone = Clone(root / f"{tag}-{base_sha[:12]}" / f"{node}.git")
-        self.clone.ensure(base_bundle)
         self.dataset, self.vocab_size = dataset, vocab_size
         self.device, self.threads, self.sandbox = device, threads, sandbox
         self.data: Path | None = None
@@ -56,8 +54,12 @@ class TrialActor:
         slots = int(res.get("GPU", 0)) or max(1, int(res.get("CPU", 1)) // (self.threads or 1))
         return memory_share_mb(slots)
 
-    def describe(self) -> dict:
-        """Where this actor runs and on what: checked by the driver against the campaign."""
+    def describe(self, base_bundle: bytes) -> dict:
+        """Where this actor runs and on what: checked by the driver against the campaign.
+
+        The clone is made here and re-checked per trial, not in __init__: a restarted actor
+        (on another node, say) re-clones from the bundle its next call carries."""
+        self.clone.ensure(base_bundle)
         from trainer.prepare import prepare
         from trainer.referee import resolve_device
 
@@ -79,19 +81,20 @@ class TrialActor:
         }
 
     def run(
-        self, spec: TrialSpec, commits: bytes, hard_timeout: float | None = None
+        self, spec: TrialSpec, commits: bytes, base_bundle: bytes, hard_timeout: float | None = None
     ) -> tuple[TrialResult, str]:
         """Run one trial; returns its result and its log text. Never raises for the trial."""
         from trainer.budget import Budget
         from trainer.referee import TrialConfig, run_autoresearch_protocol, run_trial
 
         if self.data is None:
-            self.describe()
+            self.describe(base_bundle)
         started = time.time()
         cancelled = ray.get_runtime_context().is_canceled
         with tempfile.TemporaryDirectory(prefix=f"ar-{spec.trial_id}-") as tmp:
             wt, log = Path(tmp) / "wt", Path(tmp) / "trial.log"
             try:
+                self.clone.ensure(base_bundle)
                 if commits:
                     self.clone.fetch(commits, spec.commit_sha)
                 self.clone.add_worktree(spec.commit_sha, wt)

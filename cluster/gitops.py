@@ -128,6 +128,8 @@ class Clone:
         self.lock = FileLock(str(self.path) + ".lock")
 
     def ensure(self, base_bundle: bytes) -> None:
+        if (self.path / "HEAD").exists():  # made once per node; renamed into place when whole
+            return
         with self.lock:
             if (self.path / "HEAD").exists():
                 return

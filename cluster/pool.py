@@ -79,8 +79,8 @@ class WorkerPool:
         trial_timeout: float | None,
     ):
         cls = actor_class(gpus_per_trial, cpus_per_trial, accelerator_type)
-        base = ray.put(actor_args.pop("base_bundle"))
-        self.workers = [WorkerInfo(cls.remote(base_bundle=base, **actor_args), i) for i in range(n)]
+        self.base = ray.put(actor_args.pop("base_bundle"))  # held here: every call passes it
+        self.workers = [WorkerInfo(cls.remote(**actor_args), i) for i in range(n)]
         self.free = list(range(n))
         self.pending: dict = {}  # ObjectRef -> (worker index, spec, t_dispatch, wall time)
         self.pings: dict = {}  # ObjectRef of a ping -> index of a worker whose actor died
@@ -90,7 +90,7 @@ class WorkerPool:
 
     def describe(self, timeout: float = 600) -> list[dict]:
         """Wait for every actor to be placed and prepared; returns their descriptions."""
-        refs = [w.handle.describe.remote() for w in self.workers]
+        refs = [w.handle.describe.remote(self.base) for w in self.workers]
         try:
             infos = ray.get(refs, timeout=timeout)
         except GetTimeoutError as e:
@@ -112,7 +112,7 @@ class WorkerPool:
     def submit(self, spec: TrialSpec) -> None:
         i = self.free.pop(0)
         commits = self.bundle_for(spec.commit_sha)
-        ref = self.workers[i].handle.run.remote(spec, commits, self.trial_timeout)
+        ref = self.workers[i].handle.run.remote(spec, commits, self.base, self.trial_timeout)
         self.pending[ref] = (i, spec, time.monotonic(), time.time())
 
     def recovering(self) -> int:
