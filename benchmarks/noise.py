@@ -27,6 +27,12 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", default=["60s", "190steps"])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        help="fix the batch order across seeds (only initialization varies)",
+    )
     args = ap.parse_args()
     data = prepare("builtin")
     for budget in args.budgets:
@@ -34,7 +40,11 @@ def main() -> None:
         for seed in range(args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
                 cfg = TrialConfig(
-                    data=data, budget=Budget.parse(budget), seed=seed, threads=args.threads
+                    data=data,
+                    budget=Budget.parse(budget),
+                    seed=seed,
+                    data_seed=args.data_seed,
+                    threads=args.threads,
                 )
                 t0 = time.time()
                 r = run_trial(ROOT / "trainer" / "train.py", cfg, Path(tmp) / "log")

@@ -202,3 +202,17 @@ def test_a_trial_that_hogs_memory_is_killed_alone(tmp_path, data):
     r = trial(tmp_path, data, source, memory_limit_mb=800)
     assert r.status == "crash"
     assert "over its share of 800 MiB" in r.error
+
+
+def test_a_trial_that_fills_the_disk_is_stopped_alone(tmp_path, data):
+    source = inject(
+        tiny_train_source(),
+        """
+        with open("big.bin", "wb") as f:
+            for _ in range(64):
+                f.write(b"x" * 2**20)
+    """,
+    )
+    r = trial(tmp_path, data, source, max_file_bytes=8 * 2**20)
+    assert r.status == "crash"
+    assert "File too large" in r.error

@@ -31,6 +31,7 @@ from trainer import guard, sandbox
 from trainer.budget import Budget, BudgetClock
 from trainer.harness import HEADER
 from trainer.prepare import evaluate_bpb, load_eval_data
+from trainer.sandbox import MAX_FILE_BYTES
 
 # Dense bf16 peak FLOP/s by GPU name fragment, for MFU.
 PEAK_FLOPS = {
@@ -49,7 +50,8 @@ MAX_BATCH_TOKENS = 1 << 22
 class TrialConfig:
     data: Path  # a prepared data directory (trainer.prepare.prepare)
     budget: Budget
-    seed: int = 0
+    seed: int = 0  # torch/numpy/random seed of the training process (initialization etc.)
+    data_seed: int | None = None  # order of training batches; None: the same as seed
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # CPU threads for the trial (torch, OMP, MKL)
     sandbox: str = "auto"  # auto | on | off: mount/pid namespaces when available
@@ -60,6 +62,7 @@ class TrialConfig:
     startup_allowance: float | None = None  # seconds until the first batch is asked for
     tail_grace: float | None = None  # seconds allowed after the budget ends (export, exit)
     memory_limit_mb: float | None = None  # resident memory of the whole trial; killed above
+    max_file_bytes: int = MAX_FILE_BYTES  # no file the trial writes may be larger
 
 
 def resolve_device(device: str) -> str:
@@ -247,11 +250,12 @@ def run_trial(
                 stdin=subprocess.DEVNULL,
                 pass_fds=(req_w, data_r),
                 start_new_session=True,
-                preexec_fn=sandbox.die_with_parent,
+                preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
             )
         os.close(req_w)
         os.close(data_r)
-        server = _BatchServer(train, clock, cfg.seed, seq_len, req_r, data_w)
+        data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+        server = _BatchServer(train, clock, data_seed, seq_len, req_r, data_w)
         server.start()
         reason, next_mem_check = "", 0.0
         while proc.poll() is None:
@@ -417,7 +421,7 @@ def run_autoresearch_protocol(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=sandbox.die_with_parent,
+            preexec_fn=sandbox.child_limits(),
         )
         reason = ""
         while proc.poll() is None:

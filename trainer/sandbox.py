@@ -111,23 +111,26 @@ def become_subreaper() -> None:
         pass
 
 
-MAX_FILE_BYTES = 64 * 2**30  # no single file a trial writes may exceed this (RLIMIT_FSIZE)
+MAX_FILE_BYTES = 64 * 2**30  # default cap on any one file a trial writes (RLIMIT_FSIZE)
 
 
-def die_with_parent() -> None:
-    """preexec_fn: SIGKILL this child when the process that started it dies (a killed actor
+def child_limits(max_file_bytes: int = MAX_FILE_BYTES):
+    """A preexec_fn: SIGKILL the child when the process that started it dies (a killed actor
     or driver must not leave trials running on a GPU), and cap the size of any file it
     writes so one runaway trial cannot fill the node's disk. Linux only."""
     import resource
 
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    try:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_FILE_BYTES, MAX_FILE_BYTES))
-    except (ValueError, OSError):
-        pass
+    def apply() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+        try:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        except (ValueError, OSError):
+            pass
+
+    return apply
 
 
 def _children_map() -> dict[int, list[int]]:
