@@ -54,6 +54,50 @@ def test_mutate_proposals_pass_validation_and_repeats_are_duplicates():
     assert all(p.error.startswith("duplicate") for p in props if p.error)
 
 
+def _row(kind, commit, parent, bpb, desc="", proposer="mutate"):
+    return dict(
+        kind=kind,
+        commit_sha=commit,
+        parent_sha=parent,
+        val_bpb=bpb,
+        status="discard",
+        proposer=proposer,
+        description=desc,
+    )
+
+
+def test_mutate_follows_the_constants_and_directions_that_gained():
+    inc = "a" * 40
+    history = [_row("baseline", inc, inc, v) for v in (2.70, 2.71, 2.69, 2.70)]
+    history += [
+        _row("candidate", "b" * 40, inc, 2.66, "LEARNING_RATE 0.002 -> 0.004"),  # +4 sigma
+        _row("candidate", "c" * 40, inc, 2.74, "GRAD_CLIP 1.0 -> 0.5"),  # -4 sigma
+    ]
+    c = ProposalContext(
+        incumbent_sha=inc,
+        incumbent_source=SOURCE,
+        target="trainer/train.py",
+        history=history,
+        noise=0.01,
+    )
+    learned = MutateProposer(seed=7, max_changes=1).propose(c, 200)
+    blind = MutateProposer(seed=7, max_changes=1).propose(ctx(), 200)
+
+    def picks(props, name):
+        return [p.description for p in props if p.description.startswith(name + " ")]
+
+    lr, lr_blind = picks(learned, "LEARNING_RATE"), picks(blind, "LEARNING_RATE")
+    assert len(lr) > 3 * max(1, len(lr_blind))
+
+    def up(props):
+        return [d for d in props if float(d.split()[-1]) > float(d.split()[1])]
+
+    assert len(up(lr)) > 0.7 * len(lr)
+    clip = picks(learned, "GRAD_CLIP")  # lowering it lost: picked less, and mostly raised
+    assert 0 < len(clip) < len(picks(blind, "GRAD_CLIP"))
+    assert len(up(clip)) > len(clip) / 2
+
+
 def test_queue_proposes_each_file_once_with_its_description(tmp_path):
     new = SOURCE.replace("GRAD_CLIP = 1.0", "GRAD_CLIP = 0.5")
     (tmp_path / "b.patch").write_text(
