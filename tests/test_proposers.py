@@ -54,6 +54,13 @@ def test_mutate_proposals_pass_validation_and_repeats_are_duplicates():
     assert all(p.error.startswith("duplicate") for p in props if p.error)
 
 
+def test_mutate_keeps_fractions_and_betas_below_one():
+    props = MutateProposer(seed=2).propose(ctx(), 300)
+    moved = [p.description for p in props if p.description.startswith("ADAM_BETA2 ")]
+    assert len(moved) >= 5
+    assert all(0 < float(d.split(",")[0].split()[-1]) < 1 for d in moved)
+
+
 def _row(kind, commit, parent, bpb, desc="", proposer="mutate"):
     return dict(
         kind=kind,

@@ -78,7 +78,10 @@ def _perturb(value: int | float, rng: random.Random, direction: int = 0) -> int 
         if value == 0.0:
             return rng.choice((1e-4, 1e-3, 0.01, 0.1)) if direction >= 0 else 0.0
         factors = [f for f in FLOAT_FACTORS if direction == 0 or (f > 1) == (direction > 0)]
-        return float(f"{value * rng.choice(factors):.4g}")
+        new = value * rng.choice(factors)
+        if 0.0 < value < 1.0 <= new:  # a fraction or a beta: scale its distance to 1 instead
+            new = 1.0 - (1.0 - value) * rng.choice((0.5, 0.7, 0.8))
+        return float(f"{new:.4g}")
     steps = [s for s in INT_STEPS if direction == 0 or (s > 0 and s >= 1) == (direction > 0)]
     step = rng.choice(steps)
     new = value + step if step in (-1, 1) else round(value * step)
