@@ -30,10 +30,12 @@ def connect(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     kwargs = dict(logging_level=logging.WARNING, log_to_driver=False)
+    address = address or os.environ.get("RAY_ADDRESS")  # set inside `ray job submit`
     if address:
         ray.init(address=address, **kwargs)
-    else:  # a local cluster: token auth is on by default in Ray 2.60, no dashboard
-        ray.init(include_dashboard=False, **kwargs)
+    else:  # a new local Ray, never someone else's that happens to run on this machine;
+        # token auth is on by default in Ray 2.60; no dashboard
+        ray.init(address="local", include_dashboard=False, **kwargs)
 
 
 class Driver:

@@ -28,9 +28,13 @@ class Gate:
 
     @staticmethod
     def runs_by_commit(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
-        """val_bpb of every successful run, grouped by commit (baselines, candidates, confirms)."""
+        """val_bpb of every successful unselected run, grouped by commit: replicates and
+        confirmations. A candidate's screening run is left out: it was picked as the best of
+        its round, so it is biased low and would inflate the noise and flatter an incumbent."""
         out: dict[str, list[float]] = defaultdict(list)
         for r in rows:
+            if r.get("kind") == "candidate":
+                continue
             if r.get("val_bpb") is not None and r.get("status") in ("keep", "discard"):
                 out[r["commit_sha"]].append(float(r["val_bpb"]))
         return out

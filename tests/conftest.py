@@ -80,6 +80,6 @@ def ray_cluster(data):
     """A local Ray with 2 fake GPUs for a test module (started after the data cache is set)."""
     import ray
 
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

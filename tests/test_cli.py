@@ -58,7 +58,9 @@ def _cli(root: Path, *args: str) -> str:
 def test_status_shows_incumbent_noise_counts_and_cpu_note(tmp_path):
     _campaign(tmp_path)
     out = _cli(tmp_path, "status", "--tag", "t")
-    assert "incumbent  bbbbbbbbbb  val_bpb 2.9050 over 2 run(s), after 1 merged" in out
+    # the merged commit's screening run (2.90, best of its round) is not counted; its
+    # confirmation is
+    assert "incumbent  bbbbbbbbbb  val_bpb 2.9100 over 1 run(s), after 1 merged" in out
     assert "crash 1" in out and "keep 3" in out
     assert "CPU trials share" in out
 

@@ -197,7 +197,7 @@ def test_a_multi_node_run_matches_a_single_node_run(data, tmp_path):
     finally:
         ray.shutdown()
         c.shutdown()
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         single = run_campaign(
             _config(

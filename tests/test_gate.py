@@ -24,6 +24,16 @@ def test_noise_is_the_pooled_std_of_replicate_groups():
     assert Gate.noise(rows_for({"a": a, "b": b})) == pytest.approx(expected**0.5)
 
 
+def test_a_selected_screening_run_is_not_evidence_of_noise_or_of_the_incumbent():
+    rows = rows_for({"inc": [2.70, 2.72]})
+    rows += [
+        {"commit_sha": "w", "val_bpb": 2.55, "status": "discard", "kind": "candidate"},
+        {"commit_sha": "w", "val_bpb": 2.65, "status": "keep", "kind": "confirm"},
+    ]
+    assert Gate.runs_by_commit(rows)["w"] == [2.65]
+    assert Gate.noise(rows) == pytest.approx(statistics.stdev([2.70, 2.72]))
+
+
 def test_noise_is_unknown_until_some_commit_has_two_runs_and_never_zero():
     assert Gate.noise(rows_for({"a": [1.0], "b": [2.0]})) is None
     assert Gate.noise(rows_for({"a": [1.0, 1.0]})) == MIN_NOISE
