@@ -2,6 +2,8 @@
 
     python benchmarks/search_sim.py [--noise 0.015] [--hours 8] [--repeats 20]
                                     [--workers 1 4 8 16] [--seed 0] [--jobs 1]
+                                    [--headroom 0.045] [--start-at-optimum]
+                                    [--gate-k 2] [--confirm-k 2]
 
 Training is replaced by a noisy function of train.py's constants, so that hundreds of trials
 per configuration, over many seeds, run in seconds on a CPU. Time is SIMULATED: a
@@ -156,13 +158,14 @@ class Sim:
         target_frac: float = 0.5,
         islands: int = 4,
         migrate: int = 8,
+        gate: Gate | None = None,
     ):
         self.strategy, self.n, self.gate_on = strategy, workers, gate_on
         self.obj, self.sigma, self.horizon, self.jitter = obj, noise, horizon, jitter
         self.rng = random.Random(seed * 7919 + 1)  # measurement noise
         self.trng = random.Random(seed * 7919 + 2)  # trial durations
         self.proposer = MutateProposer(seed=seed)
-        self.gate = Gate()
+        self.gate = gate or Gate()
         self.consts: dict[str, dict[str, float]] = {}
         self.truth: dict[str, float] = {}
         self.src: dict[str, str] = {}
@@ -459,6 +462,7 @@ def simulate(args: argparse.Namespace, cfg: tuple[str, int, bool]) -> list[dict]
             target_frac=args.target,
             islands=args.islands,
             migrate=args.migrate,
+            gate=Gate(args.gate_k, args.confirm_k),
         ).run()
         out.append(
             {
@@ -519,7 +523,9 @@ def summarize(runs: list[dict], unit_h: float):
 def fmt(tab) -> str:
     t = tab.copy()
     t["t_target_h"] = [("never" if not math.isfinite(v) else f"{v:.2f}") for v in t["t_target_h"]]
-    t["speedup"] = [("-" if not math.isfinite(v) or v == 0 else f"{v:.2f}") for v in t["speedup"]]
+    t["speedup"] = [
+        "-" if v != v or v == 0 else "inf" if v == math.inf else f"{v:.2f}" for v in t["speedup"]
+    ]
     return t.to_string(
         index=False,
         float_format=lambda v: f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}",
@@ -545,6 +551,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--islands", type=int, default=4)
     ap.add_argument("--migrate", type=int, default=8, help="candidate results per island")
+    ap.add_argument("--gate-k", type=float, default=2.0, help="Gate.noise_multiple (screen)")
+    ap.add_argument("--confirm-k", type=float, default=2.0, help="Gate.confirm_multiple")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="processes (configurations in parallel)")
     ap.add_argument("--csv", type=Path, default=None, help="also write per-seed results here")
@@ -567,7 +575,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"noise {args.noise:g}, headroom {args.headroom:g} x {len(CONSTANTS)} constants "
         f"(start {start:.3f}, optimum {BASE:.3f}, target {target:.3f}), "
-        f"{args.hours:g} h of {args.budget_minutes:g}-min trials, {args.repeats} seeds; "
+        f"{args.hours:g} h of {args.budget_minutes:g}-min trials, {args.repeats} seeds, "
+        f"gate k {args.gate_k:g}/{args.confirm_k:g}; "
         f"{sum(r['trials'] for r in runs)} simulated trials in {time.time() - t0:.0f}s"
     )
     print(
