@@ -1,6 +1,6 @@
 """Orchestration overhead and worker-busy fraction of the driver (not a test).
 
-    python benchmarks/orchestration.py [--gpus 8] [--sleep 5] [--rounds 3]
+    python benchmarks/orchestration.py [--gpus 8] [--sleep 5] [--rounds 3] [--nodes 1]
 
 A campaign on a local Ray with fake GPUs whose trials only sleep for a fixed time (an
 autoresearch-protocol train.py that sleeps, then prints a score of its constants), so what is
@@ -9,7 +9,11 @@ measured is the driver, the actors, git and the ledger, not training. Prints, pe
                       fetch, worktree checkout, process start)
   record overhead   = ledger row written - trainer end (result transfer, gate, fsync'd append)
 and the busy fraction: time workers spent in trials / (workers x campaign wall-clock), next to
-its ideal for the rounds strategy (1 at full rounds; confirmation pairs leave workers idle).
+its ideal for the rounds strategy (1 at full rounds; confirmation pairs leave workers idle),
+and the trial slot (dispatched to recorded) as a multiple of the sleep (ideal 1).
+With --nodes K > 1 the fake GPUs are split over K raylets of a ray.cluster_utils.Cluster on
+this machine (a head with no resources, as on a real cluster), so actors, clones and bundle
+transfers cross node boundaries; each node costs a raylet and an object store (~0.5 GB).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def main() -> None:
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--sleep", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--nodes", type=int, default=1, help="Cluster nodes sharing the GPUs")
     args = ap.parse_args()
     import ray
 
@@ -60,7 +65,21 @@ def main() -> None:
         }
         for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "sleep trial"]):
             subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
-        ray.init(num_cpus=2, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
+        cluster = None
+        if args.nodes > 1:
+            from ray.cluster_utils import Cluster
+
+            cluster = Cluster(
+                initialize_head=True,
+                head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False},
+            )
+            for i in range(args.nodes):
+                share = args.gpus // args.nodes + (i < args.gpus % args.nodes)
+                cluster.add_node(num_cpus=1, num_gpus=share)
+            ray.init(address=cluster.address, log_to_driver=False)
+            cluster.wait_for_nodes()
+        else:
+            ray.init(num_cpus=2, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
         t0 = time.time()
         camp = run_campaign(
             CampaignConfig(
@@ -73,11 +92,15 @@ def main() -> None:
                 rounds=args.rounds,
                 budget=f"{args.sleep:g}s",
                 sandbox="off",
+                clone_root=str(Path(tmp) / "clones"),
             )
         )
         wall = time.time() - t0
         rows = camp.ledger.rows()
+        clones = len(list((Path(tmp) / "clones").glob("*/*.git")))
         ray.shutdown()
+        if cluster:
+            cluster.shutdown()
     ok = [r for r in rows if r["started"] and r["dispatched"]]
     dispatch = [1000 * (r["started"] - r["dispatched"]) for r in ok]
     record = [1000 * (r["recorded"] - r["ended"]) for r in ok]
@@ -92,7 +115,8 @@ def main() -> None:
     phases = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.0)
     ideal = sum(trial) / (args.gpus * phases * statistics.fmean(trial))
     print(
-        f"{len(rows)} trials on {args.gpus} fake GPUs, {args.sleep:g}s sleep each, campaign "
+        f"{len(rows)} trials on {args.gpus} fake GPUs over {args.nodes} node(s), "
+        f"{args.sleep:g}s sleep each, campaign "
         f"wall {wall:.1f}s (trials {last - first:.1f}s)"
     )
     print(
@@ -104,6 +128,13 @@ def main() -> None:
         f"p90 {sorted(record)[int(0.9 * len(record))]:.0f} ms"
     )
     print(f"trial process wall: mean {statistics.fmean(trial):.2f}s for a {args.sleep:g}s sleep")
+    slot = [r["recorded"] - r["dispatched"] for r in ok]
+    print(
+        f"trial slot (dispatched to recorded): mean {statistics.fmean(slot):.2f}s, "
+        f"p90 {sorted(slot)[int(0.9 * len(slot))]:.2f}s; ratio to the {args.sleep:g}s ideal "
+        f"{statistics.fmean(slot) / args.sleep:.3f}"
+    )
+    print(f"node-local clones made (one per node that ran trials): {clones}")
     print(
         f"busy fraction {busy:.3f}; ideal for rounds ({phases} phases) {ideal:.3f}; "
         f"ratio {busy / ideal:.3f}"
