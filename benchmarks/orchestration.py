@@ -79,7 +79,13 @@ def main() -> None:
             ray.init(address=cluster.address, log_to_driver=False)
             cluster.wait_for_nodes()
         else:
-            ray.init(num_cpus=2, num_gpus=args.gpus, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                address="local",
+                num_cpus=2,
+                num_gpus=args.gpus,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         t0 = time.time()
         camp = run_campaign(
             CampaignConfig(
