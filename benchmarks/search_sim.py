@@ -33,8 +33,9 @@ The strategies (N = workers; R = incumbent replicates = max(4, N), as RoundsStra
               best with Gate.promising against the incumbent's runs, then run a fresh
               incumbent replicate and a confirmation run of the winner (one wave; with N=1
               one after the other) and merge if Gate.confirmed, judged with the replicate
-              when it finished first. The new incumbent keeps its screening and confirmation
-              runs and is topped up to R before the next round. Gate off: one baseline run,
+              when it finished first. The new incumbent keeps its confirmation run (the
+              screening run, best of its round, is not evidence: Gate.runs_by_commit) and is
+              topped up to R before the next round. Gate off: one baseline run,
               then the best of each round of N merges if it beats the incumbent's mean.
   async       every worker takes the next job as soon as it is free: queued replicates,
               confirmations and re-runs first, else a fresh candidate against the current
