@@ -74,9 +74,10 @@ def realistic_context(source: str) -> ProposalContext:
 
 
 def edit_answer(source: str) -> str:
-    """A valid SEARCH/REPLACE answer: double the first float constant of the file."""
-    m = re.search(r"^([A-Z_]+) = (\d+\.\d+)(.*)$", source, re.M)
-    assert m, "no float constant in train.py"
+    """A valid SEARCH/REPLACE answer: double the first non-zero float constant of the file."""
+    matches = re.finditer(r"^([A-Z_]+) = (\d+\.\d+)(.*)$", source, re.M)
+    m = next((m for m in matches if float(m.group(2)) != 0.0), None)
+    assert m, "no non-zero float constant in train.py"
     name, value, rest = m.groups()
     new_line = f"{name} = {float(value) * 2!r}{rest}"
     return (
