@@ -1,0 +1,234 @@
+"""The async strategy on a local Ray with fake GPUs: real git, real Ray, seconds-long trials.
+
+Trials use the autoresearch protocol with a train.py that sleeps briefly and prints a score
+computed from its constants (as benchmarks/orchestration.py does), so every gain is planted
+exactly: R and S are real improvements (0.1 each), P and Q near-misses (1e-4 each, below the
+gate of ~3e-4 at the noise floor) that are worth 0.01 more together, UNUSED changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cluster import gitops
+from cluster.campaign import CampaignConfig
+from cluster.driver import run_campaign
+from cluster.patches import make_patch
+
+pytestmark = pytest.mark.slow
+
+TRAIN = '''"""Sleep-only trial: a score of its constants."""
+import random
+import time
+
+NOISE = {noise}
+SLEEP = 0.5
+
+P = 1.0
+# spacer: P and Q sit on lines far enough apart for a three-way merge
+# spacer
+# spacer
+Q = 1.0
+# spacer
+# spacer
+R = 1.0
+# spacer
+# spacer
+S = 1.0
+# spacer
+# spacer
+UNUSED = 1.0
+
+
+def wait():
+    pass
+
+
+wait()
+time.sleep(SLEEP)
+score = 1.0 - 0.1 * (R != 1.0) - 0.1 * (S != 1.0)
+score -= 0.0001 * (P != 1.0) + 0.0001 * (Q != 1.0) + 0.01 * (P != 1.0 and Q != 1.0)
+score += random.gauss(0, NOISE) if NOISE else 0.0
+print("---")
+print(f"val_bpb:          {{score:.6f}}")
+print(f"training_seconds: {{SLEEP:.1f}}")
+print("num_steps:        1")
+'''
+
+
+def _repo(path: Path, noise: float = 0.0) -> tuple[Path, str]:
+    path.mkdir()
+    (path / "train.py").write_text(TRAIN.format(noise=noise))
+    (path / ".gitignore").write_text("runs/\nqueue/\n")
+    env = {**os.environ, **gitops.IDENTITY}
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
+        subprocess.run(["git", *cmd], cwd=path, check=True, env=env)
+    return path, (path / "train.py").read_text()
+
+
+def _queue(repo: Path, name: str, old: str, new: str, desc: str) -> None:
+    folder = repo / "queue"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"# {desc}\n" + make_patch(old, new, "train.py"))
+
+
+def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
+    base = dict(
+        tag=tag,
+        repo=repo,
+        target="train.py",
+        protocol="autoresearch",
+        strategy="async",
+        proposer="queue:queue",
+        device="cpu",
+        sandbox="off",
+        budget="1s",
+        workers=2,
+        replicates=4,
+        seed=1,
+        trial_timeout=120,
+        hours=0.05,  # a backstop: a broken strategy fails the test instead of hanging it
+    )
+    return CampaignConfig(**{**base, **kw})
+
+
+def _source(repo: Path, sha: str) -> str:
+    return gitops.read_blob(repo, sha, "train.py")
+
+
+def _parent(repo: Path, sha: str) -> str:
+    return gitops.git(repo, "rev-parse", f"{sha}^").strip()
+
+
+def _check_merges(repo: Path, camp, rows: list[dict]) -> None:
+    """Every merge moved the branch to a commit that was itself screened on the incumbent."""
+    inc = camp.base_sha
+    for m in (r for r in rows if r["merged"]):
+        assert m["kind"] == "confirm" and m["status"] == "keep"
+        assert m["parent_sha"] == inc
+        assert _parent(repo, m["commit_sha"]) == inc
+        screened = [
+            r for r in rows if r["kind"] == "candidate" and r["commit_sha"] == m["commit_sha"]
+        ]
+        assert screened and all(r["parent_sha"] == inc for r in screened)
+        inc = m["commit_sha"]
+    assert gitops.rev_parse(repo, camp.branch) == inc
+
+
+def test_async_merges_a_planted_improvement_but_not_a_null_change(tmp_path, ray_cluster):
+    repo, src = _repo(tmp_path / "repo")
+    _queue(repo, "1-null.patch", src, src.replace("UNUSED = 1.0", "UNUSED = 2.0"), "null")
+    _queue(repo, "2-real.patch", src, src.replace("R = 1.0", "R = 2.0"), "real")
+    camp = run_campaign(_config(repo, "planted", trials=2))
+    rows = camp.ledger.rows()
+    cands = {r["description"]: r for r in rows if r["kind"] == "candidate"}
+    assert set(cands) == {"null", "real"}
+    merged = [r for r in rows if r["merged"]]
+    assert [r["description"] for r in merged] == ["real"]
+    assert merged[0]["commit_sha"] == cands["real"]["commit_sha"]
+    assert cands["real"]["parent_sha"] == camp.base_sha
+    # The branch fast-forwarded to the very commit that was screened and confirmed on its parent.
+    head = gitops.rev_parse(repo, camp.branch)
+    assert head == cands["real"]["commit_sha"] and _parent(repo, head) == camp.base_sha
+    assert "R = 2.0" in _source(repo, head)
+    assert not any(r["kind"] == "confirm" and r["description"] == "null" for r in rows)
+    _check_merges(repo, camp, rows)
+    # The noise was measured first; the new incumbent was measured again after the merge.
+    first = [r["kind"] for r in rows[:4]]
+    assert first == ["baseline"] * 4
+    assert len(camp.runs_of(head)) >= 4
+    assert gitops.git(repo, "status", "--porcelain") == ""
+
+
+def test_async_does_not_merge_pure_noise(tmp_path, ray_cluster):
+    repo, src = _repo(tmp_path / "repo", noise=0.01)
+    for i, value in enumerate((2.0, 3.0, 0.5, 0.25, 5.0, 7.0)):
+        new = src.replace("UNUSED = 1.0", f"UNUSED = {value}")
+        _queue(repo, f"{i}-null.patch", src, new, f"null {value}")
+    camp = run_campaign(_config(repo, "noise", trials=6))
+    rows = camp.ledger.rows()
+    cands = [r for r in rows if r["kind"] == "candidate"]
+    assert len(cands) == 6 and all(r["val_bpb"] is not None for r in cands)
+    assert not any(r["merged"] for r in rows)
+    assert gitops.rev_parse(repo, camp.branch) == camp.base_sha
+    assert camp.noise() > 0.001  # the noise was real, and measured
+
+
+def test_a_stale_winner_is_rerun_on_the_new_incumbent(tmp_path, ray_cluster):
+    repo, src = _repo(tmp_path / "repo")
+    _queue(repo, "1-r.patch", src, src.replace("R = 1.0", "R = 2.0"), "raise R")
+    # S's trial holds until the branch has moved (R merged): it finishes with a stale parent.
+    hold = (
+        "def wait():\n"
+        "    import subprocess\n"
+        f"    for _ in range(600):\n"
+        f"        ref = subprocess.run(['git', '-C', {str(repo)!r}, 'rev-parse', "
+        f"'autoresearch/stale'], capture_output=True, text=True).stdout.strip()\n"
+        f"        if ref and ref != {{base!r}}:\n"
+        "            return\n"
+        "        time.sleep(0.2)\n"
+    )
+    base = gitops.rev_parse(repo, "HEAD")
+    new = src.replace("S = 1.0", "S = 2.0").replace(
+        "def wait():\n    pass\n", hold.format(base=base)
+    )
+    _queue(repo, "2-s.patch", src, new, "raise S")
+    camp = run_campaign(_config(repo, "stale", trials=2))
+    rows = camp.ledger.rows()
+    by_desc = {r["description"]: r for r in rows if r["kind"] == "candidate"}
+    first_s = by_desc["raise S"]
+    r_merge = next(r for r in rows if r["merged"] and r["description"] == "raise R")
+    assert first_s["parent_sha"] == camp.base_sha
+    assert first_s["val_bpb"] < min(camp.runs_of(camp.base_sha)) - 0.05  # beat its parent
+    # The stale winner was never merged or confirmed as it was: it ran again on the new incumbent.
+    assert not any(r["commit_sha"] == first_s["commit_sha"] and r["merged"] for r in rows)
+    assert not any(
+        r["kind"] == "confirm" and r["commit_sha"] == first_s["commit_sha"] for r in rows
+    )
+    rerun = [
+        r
+        for r in rows
+        if r["kind"] == "candidate"
+        and r["description"].startswith(f"re-run of {first_s['trial_id']}")
+    ]
+    assert len(rerun) == 1
+    assert rerun[0]["parent_sha"] == r_merge["commit_sha"]
+    assert _parent(repo, rerun[0]["commit_sha"]) == r_merge["commit_sha"]
+    text = _source(repo, rerun[0]["commit_sha"])
+    assert "R = 2.0" in text and "S = 2.0" in text
+    # The re-run won on its own merits and the branch holds both changes, each run on its parent.
+    head = gitops.rev_parse(repo, camp.branch)
+    assert head == rerun[0]["commit_sha"]
+    _check_merges(repo, camp, rows)
+
+
+def test_two_near_misses_are_combined_into_a_validated_trial(tmp_path, ray_cluster):
+    repo, src = _repo(tmp_path / "repo")
+    _queue(repo, "1-p.patch", src, src.replace("P = 1.0", "P = 2.0"), "nudge P")
+    _queue(repo, "2-q.patch", src, src.replace("Q = 1.0", "Q = 2.0"), "nudge Q")
+    camp = run_campaign(_config(repo, "combine", trials=3))
+    rows = camp.ledger.rows()
+    cands = {r["description"]: r for r in rows if r["kind"] == "candidate"}
+    p, q = cands["nudge P"], cands["nudge Q"]
+    for near in (p, q):  # each beat the incumbent, by less than the gate asks: near-misses
+        assert 0 < near["incumbent_bpb"] - near["val_bpb"] < 0.001
+        assert not any(
+            r["kind"] == "confirm" and r["commit_sha"] == near["commit_sha"] for r in rows
+        )
+    combos = [r for r in rows if r["proposer"] == "combine" and r["kind"] == "candidate"]
+    assert len(combos) == 1
+    combo = combos[0]
+    assert combo["kind"] == "candidate" and combo["status"] != "invalid"
+    assert p["trial_id"] in combo["description"] and q["trial_id"] in combo["description"]
+    assert combo["parent_sha"] == camp.base_sha
+    text = _source(repo, combo["commit_sha"])
+    assert "P = 2.0" in text and "Q = 2.0" in text
+    # Its own trial passed the gate and a confirmation before it merged.
+    assert combo["incumbent_bpb"] - combo["val_bpb"] > 0.005
+    merged = [r for r in rows if r["merged"]]
+    assert [r["commit_sha"] for r in merged] == [combo["commit_sha"]]
+    _check_merges(repo, camp, rows)
