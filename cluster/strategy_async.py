@@ -8,9 +8,12 @@ the most useful next trial, in this order:
    another winner was merged meanwhile is re-applied to the current incumbent and run again as
    a new candidate on it; it is never merged on the strength of runs on an old parent. A change
    that no longer applies is recorded `invalid` with the reason;
-3. `combine` proposals: two near-misses (a positive gain below the gate) whose changes touch
-   different lines are stacked onto the current incumbent (a three-way merge), validated like
-   any proposal, and run as their own candidate, which must pass the gate itself;
+3. `combine` proposals: two near-misses whose changes touch different lines are stacked onto
+   the current incumbent (a three-way merge), validated like any proposal, and run as their
+   own candidate, which must pass the gate itself. A near-miss beat its parent's mean by more
+   than one noise std (NEAR_MISS_SIGMA) but less than the gate asks: any positive gain would
+   make half of all null proposals "near-misses" and fill the workers with combined noise.
+   Each near-miss joins at most one combination;
 4. fresh proposals from the pipeline.
 
 Each candidate is gated on arrival against its parent's runs; a promising one on the current
@@ -48,6 +51,7 @@ from cluster.strategies import RoundsStrategy
 from cluster.validate import validate
 
 NEAR_MISSES_KEPT = 20  # the most recent near-misses that may still be paired
+NEAR_MISS_SIGMA = 1.0  # a near-miss gains more than this many noise std (and less than the gate)
 _RERUN = re.compile(r"^re-run of t\d+ on [0-9a-f]+: ")
 
 
@@ -59,7 +63,7 @@ class AsyncStrategy(RoundsStrategy):
         self.combines: deque[tuple[dict, dict]] = deque()  # near-miss pairs to stack
         self.fresh: deque[Proposal] = deque()  # taken from the pipeline while waiting
         self.near: list[dict] = []  # near-miss rows, oldest first
-        self.paired: set[frozenset] = set()
+        self.paired: set[str] = set()  # trial ids of near-misses already combined
         self.deferred: list[dict] = []  # candidates waiting for their parent's replicates
         self.reps_pending: Counter = Counter()  # sha -> replicates queued or running
         self.screened: dict[str, dict] = {}  # confirmation trial id -> its screened candidate
@@ -75,14 +79,19 @@ class AsyncStrategy(RoundsStrategy):
         running = sum(1 for v in camp.inflight.values() if v["spec"]["kind"] == "candidate")
         return done + running
 
-    def limit_reached(self) -> bool:
-        """No new candidates once --trials, --rounds (x per_round) or --hours is spent."""
+    def room(self) -> int | None:
+        """Candidates that may still start under --trials/--rounds (None: no such limit)."""
         cfg, limits = self.cfg, []
         if cfg.trials is not None:
             limits.append(cfg.trials)
         if cfg.rounds is not None:
             limits.append(cfg.rounds * self.per_round)
-        if limits and self.candidates_started() >= min(limits):
+        return max(0, min(limits) - self.candidates_started()) if limits else None
+
+    def limit_reached(self) -> bool:
+        """No new candidates once --trials, --rounds (x per_round) or --hours is spent."""
+        cfg = self.cfg
+        if self.room() == 0:
             return True
         return cfg.hours is not None and time.monotonic() - self.t_start >= cfg.hours * 3600
 
@@ -137,7 +146,11 @@ class AsyncStrategy(RoundsStrategy):
     def wait_for_proposals(self) -> None:
         """Every worker is idle and nothing is queued: block (briefly) on the pipeline."""
         camp, pipeline = self.camp, self.driver.pipeline
-        valid, invalid = pipeline.take(max(1, self.driver.pool.idle()), timeout=5.0)
+        room = self.room()
+        want = max(
+            1, self.driver.pool.idle() if room is None else min(room, self.driver.pool.idle())
+        )
+        valid, invalid = pipeline.take(want, timeout=5.0)
         for p in invalid:
             camp.record_invalid(p)
         self.fresh.extend(valid)
@@ -387,22 +400,21 @@ class AsyncStrategy(RoundsStrategy):
             self.screened[confirm.trial_id] = row
             self._queue(confirm, {k: row.get(k) for k in ("proposer", "model", "description")})
             camp._journal()
-        elif gain > 0:
+        elif gain > NEAR_MISS_SIGMA * noise:
             self.near_miss(row)
 
     def near_miss(self, row: dict) -> None:
-        """Pair a new near-miss with the best earlier one it stacks with (each pair once)."""
+        """Pair a new near-miss with the best earlier unpaired one it stacks with."""
         camp = self.camp
         src = camp.incumbent_source()
         for other in sorted(self.near, key=lambda r: (r["val_bpb"], r["trial_id"])):
-            key = frozenset((other["trial_id"], row["trial_id"]))
-            if key in self.paired:
+            if other["trial_id"] in self.paired:
                 continue
             try:
                 self._stack(other, row, src)
             except PatchError:
                 continue
-            self.paired.add(key)
+            self.paired.update((other["trial_id"], row["trial_id"]))
             camp._say(
                 f"{other['trial_id']} and {row['trial_id']} are near-misses on different "
                 "lines; proposing their combination"
