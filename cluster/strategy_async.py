@@ -66,7 +66,8 @@ class AsyncStrategy(RoundsStrategy):
         self.paired: set[str] = set()  # trial ids of near-misses already combined
         self.deferred: list[dict] = []  # candidates waiting for their parent's replicates
         self.reps_pending: Counter = Counter()  # sha -> replicates queued or running
-        self.screened: dict[str, dict] = {}  # confirmation trial id -> its screened candidate
+        # commit -> the candidate row that screened it (a lost confirmation's re-run finds it)
+        self.screened: dict[str, dict] = {}
         self.stale_confirmed: set[str] = set()  # confirmations that passed on a stale parent
         self.first_round = self.camp.round
         self.t_wait = time.monotonic()
@@ -131,10 +132,10 @@ class AsyncStrategy(RoundsStrategy):
             driver.note_in_flight()
             timeout = 1.0 if pool.idle() and not self.limit_reached() else 5.0
             rows, again = driver.poll(timeout, on_row=self.decide)
-            for spec in again:  # lost: run again before anything new
-                self._queue(spec, camp.inflight[spec.trial_id].get("proposal"), front=True)
             for row in rows:
                 self.arrived(row)
+            for spec in again:  # lost: run again before anything new
+                self._queue(spec, camp.inflight[spec.trial_id].get("proposal"), front=True)
 
     def _queue(self, spec: TrialSpec, proposal, front: bool = False) -> None:
         if proposal is not None:
@@ -208,7 +209,7 @@ class AsyncStrategy(RoundsStrategy):
         if spec.kind == "baseline":
             self.reps_pending[spec.commit_sha] -= 1
         elif spec.kind == "confirm":
-            cand = self.screened.pop(spec.trial_id, None) or self._row_of(spec, entry)
+            cand = self.screened.get(spec.commit_sha) or self._row_of(spec, entry)
             camp._say(
                 f"{cand['trial_id']} awaited confirmation, but the incumbent moved to "
                 f"{inc[:10]}; re-running it there instead"
@@ -343,7 +344,7 @@ class AsyncStrategy(RoundsStrategy):
         if kind == "baseline" and self.reps_pending[row["commit_sha"]] > 0:
             self.reps_pending[row["commit_sha"]] -= 1
         elif kind == "confirm":
-            cand = self.screened.pop(row["trial_id"], None) or row
+            cand = self.screened.get(row["commit_sha"]) or row
             if row["trial_id"] in self.stale_confirmed:
                 self.stale_confirmed.discard(row["trial_id"])
                 camp._say(
@@ -397,7 +398,7 @@ class AsyncStrategy(RoundsStrategy):
             )
             self._queue(camp.make_spec("baseline", parent, parent), None)
             confirm = camp.make_spec("confirm", row["commit_sha"], parent)
-            self.screened[confirm.trial_id] = row
+            self.screened[row["commit_sha"]] = row
             self._queue(confirm, {k: row.get(k) for k in ("proposer", "model", "description")})
             camp._journal()
         elif gain > NEAR_MISS_SIGMA * noise:
