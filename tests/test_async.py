@@ -387,3 +387,67 @@ def test_a_killed_async_driver_resumes_with_nothing_lost(tmp_path, data):
         assert m["parent_sha"] == inc and _parent(repo, m["commit_sha"]) == inc
         inc = m["commit_sha"]
     assert gitops.rev_parse(repo, "autoresearch/resume") == inc
+
+
+def _ours(pid: int) -> bool:
+    """Whether pid descends from this test process (its Ray), not from another run's Ray."""
+    while pid > 1:
+        if pid == os.getpid():
+            return True
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            return False
+    return False
+
+
+@pytest.mark.slow
+def test_a_candidate_lost_with_its_worker_is_rerun_and_gated(tmp_path, ray_cluster):
+    import json
+    import signal
+    import threading
+    import time
+
+    repo, src = _repo(tmp_path / "repo")
+    (repo / "train.py").write_text(src.replace("SLEEP = 0.5", "SLEEP = 3.0"))
+    gitops.git(repo, "commit", "-qam", "slower trials")
+    src = (repo / "train.py").read_text()
+    _queue(repo, "1-real.patch", src, src.replace("R = 1.0", "R = 2.0"), "real")
+    journal = repo / "runs" / "lostone" / "inflight.json"
+    killed = {}
+
+    def kill_the_candidates_worker():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            try:
+                running = json.loads(journal.read_text())
+            except (OSError, ValueError):
+                running = {}
+            if any(e["spec"]["kind"] == "candidate" for e in running.values()):
+                time.sleep(1.5)  # into the 3 s trial
+                for pid in filter(str.isdigit, os.listdir("/proc")):
+                    try:
+                        with open(f"/proc/{pid}/cmdline", "rb") as f:
+                            cmd = f.read()
+                    except OSError:
+                        continue
+                    if cmd.startswith(b"ray::TrialActor.run") and _ours(int(pid)):
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed[pid] = True
+                return
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=kill_the_candidates_worker, daemon=True)
+    watcher.start()
+    camp = run_campaign(_config(repo, "lostone", trials=1))
+    watcher.join()
+    assert killed
+    rows = camp.ledger.rows()
+    cands = [r for r in rows if r["kind"] == "candidate"]
+    assert [r["status"] for r in cands] == ["lost", "discard"]
+    assert cands[0]["commit_sha"] == cands[1]["commit_sha"]  # the same commit, run again
+    assert cands[1]["description"] == "real"
+    merged = [r for r in rows if r["merged"]]
+    assert [r["commit_sha"] for r in merged] == [cands[1]["commit_sha"]]
+    _check_merges(repo, camp, rows)
