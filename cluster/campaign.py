@@ -249,7 +249,8 @@ class Campaign:
             logs.mkdir(exist_ok=True)
             (logs / f"{spec.trial_id}.log").write_text(log_text)
             log_path = str(logs / f"{spec.trial_id}.log")
-        inc = self.runs_of(self.incumbent)
+        # The mean of the commit the trial was run against (async: maybe no longer the incumbent).
+        inc = self.runs_of(spec.parent_sha) or self.runs_of(self.incumbent)
         p = proposal or {}
         row = {
             "trial_id": spec.trial_id,
