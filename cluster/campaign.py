@@ -226,7 +226,11 @@ class Campaign:
             self.record(
                 spec,
                 entry.get("proposal"),
-                TrialResult(status="lost", error="the driver stopped while this trial was running"),
+                TrialResult(
+                    status="lost",
+                    error="the driver stopped while this trial was "
+                    + ("waiting for a worker" if entry.get("queued") else "running"),
+                ),
             )
             if spec.commit_sha == self.incumbent or spec.parent_sha == self.incumbent:
                 self.requeue.append(spec)

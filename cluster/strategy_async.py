@@ -119,6 +119,7 @@ class AsyncStrategy(RoundsStrategy):
                 spec = self.next_spec(self.limit_reached())
                 if spec is None:
                     break
+                camp.inflight[spec.trial_id].pop("queued", None)
                 camp._journal()
                 pool.submit(spec)
             if not pool.busy() and not pool.recovering():
@@ -138,6 +139,8 @@ class AsyncStrategy(RoundsStrategy):
                 self._queue(spec, camp.inflight[spec.trial_id].get("proposal"), front=True)
 
     def _queue(self, spec: TrialSpec, proposal, front: bool = False) -> None:
+        """A follow-up waits for a worker; journaled now (marked queued) so a resume runs it."""
+        self.camp.inflight[spec.trial_id]["queued"] = True
         if proposal is not None:
             self.camp.inflight[spec.trial_id]["proposal"] = proposal
         if spec.kind == "baseline":
