@@ -29,6 +29,9 @@ reached no new candidate (fresh or combine) starts; trials in flight finish, and
 results already judged promising (confirmations, replicates, re-runs of stale winners) still
 run, so a winner found last is not thrown away.
 
+A new incumbent is measured with replicates (up to --replicates runs) before the next
+candidate on it starts; candidates that land before its replicates are judged after them.
+
 Resume: confirmations and replicates are journaled when queued, so a killed driver's resume
 records them `lost` and runs them again if their parent is still the incumbent (a confirmation
 is then judged as one). Stale-winner re-runs and combines still waiting for a worker are not
@@ -169,10 +172,14 @@ class AsyncStrategy(RoundsStrategy):
 
     def next_spec(self, stopping: bool) -> TrialSpec | None:
         camp = self.camp
-        while self.followups:
-            spec = self.followups.popleft()
-            if self._still_useful(spec):
-                return spec
+        while True:
+            while self.followups:
+                spec = self.followups.popleft()
+                if self._still_useful(spec):
+                    return spec
+            # Before candidates on a new incumbent, measure it.
+            if (stopping and not self.rebases) or not self.top_up():
+                break
         while self.rebases:
             spec = self.rerun(self.rebases.popleft())
             if spec is not None:
@@ -197,6 +204,18 @@ class AsyncStrategy(RoundsStrategy):
                 return camp.commit_proposal(p)
             if self.limit_reached():
                 return None
+
+    def top_up(self) -> bool:
+        """Queue replicates until the incumbent has `replicates` runs (after a merge it has
+        only its screen and confirmation runs, both selected by luck). True if it queued any."""
+        camp, inc = self.camp, self.camp.incumbent
+        missing = self.replicates - len(camp.runs_of(inc)) - self.reps_pending[inc]
+        if missing <= 0:
+            return False
+        for _ in range(missing):
+            self._queue(camp.make_spec("baseline", inc, inc), None)
+        camp._journal()
+        return True
 
     def _still_useful(self, spec: TrialSpec) -> bool:
         """A queued follow-up whose incumbent moved on is dropped (a winner is re-run)."""
@@ -355,18 +374,8 @@ class AsyncStrategy(RoundsStrategy):
                     f"the incumbent; re-running it on {camp.incumbent[:10]}"
                 )
                 self.rebases.append(cand)
-            if row.get("merged"):
-                self.after_merge()
         elif kind == "candidate":
             self.screen(row)
-
-    def after_merge(self) -> None:
-        """A new incumbent: measure it (its screen and confirm runs were selected by luck)."""
-        camp, inc = self.camp, self.camp.incumbent
-        missing = self.replicates - len(camp.runs_of(inc)) - self.reps_pending[inc]
-        for _ in range(max(0, missing)):
-            self._queue(camp.make_spec("baseline", inc, inc), None, front=True)
-        camp._journal()
 
     def regate(self) -> None:
         waiting, self.deferred = self.deferred, []
