@@ -256,16 +256,20 @@ class AsyncStrategy(RoundsStrategy):
 
     def _onto_incumbent(self, p: Proposal) -> Proposal | None:
         """A pipeline proposal made for an older incumbent, re-based (None if it conflicts)."""
-        camp = self.camp
+        camp, target = self.camp, self.camp.cfg.target
         inc = camp.incumbent
         if p.parent_sha == inc:
             return p
         src = camp.incumbent_source()
         try:
-            new = apply_patch(src, p.patch, camp.cfg.target)
-        except PatchError:
+            old = gitops.read_blob(camp.repo, p.parent_sha, target)
+            new = merge3(old, src, apply_patch(old, p.patch, target))
+        except (PatchError, gitops.GitError) as e:
+            camp._say(
+                f"dropped a proposal made for {p.parent_sha[:10]} ({p.description[:60]}): {e}"
+            )
             return None
-        return replace(p, parent_sha=inc, patch=make_patch(src, new, camp.cfg.target))
+        return replace(p, parent_sha=inc, patch=make_patch(src, new, target))
 
     # ------------------------------------------------------------------ new candidates
 

@@ -18,7 +18,7 @@ import pytest
 from cluster import gitops
 from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
-from cluster.patches import make_patch
+from cluster.patches import apply_patch, make_patch
 
 TRAIN = '''"""Sleep-only trial: a score of its constants."""
 import random
@@ -460,3 +460,22 @@ def test_a_candidate_lost_with_its_worker_is_rerun_and_gated(tmp_path, ray_clust
     merged = [r for r in rows if r["merged"]]
     assert [r["commit_sha"] for r in merged] == [cands[1]["commit_sha"]]
     _check_merges(repo, camp, rows)
+
+
+def test_a_proposal_made_for_a_replaced_incumbent_is_rebased_or_dropped(tmp_path):
+    from cluster.records import Proposal
+
+    repo, src, camp, strat = _offline(tmp_path)
+    base = camp.incumbent
+    merged_src = src.replace("R = 1.0", "R = 2.0")
+    merged = gitops.commit_file(repo, base, "train.py", merged_src, "R")
+    gitops.set_ref(repo, f"refs/heads/{camp.branch}", merged, base)
+
+    def proposal(new: str) -> Proposal:
+        return Proposal(base, make_patch(src, new, "train.py"), "p", "queue")
+
+    near = strat._onto_incumbent(proposal(src.replace("S = 1.0", "S = 2.0")))
+    assert near.parent_sha == merged
+    rebased = apply_patch(merged_src, near.patch, "train.py")
+    assert "R = 2.0" in rebased and "S = 2.0" in rebased
+    assert strat._onto_incumbent(proposal(src.replace("R = 1.0", "R = 5.0"))) is None
