@@ -479,3 +479,16 @@ def test_a_proposal_made_for_a_replaced_incumbent_is_rebased_or_dropped(tmp_path
     rebased = apply_patch(merged_src, near.patch, "train.py")
     assert "R = 2.0" in rebased and "S = 2.0" in rebased
     assert strat._onto_incumbent(proposal(src.replace("R = 1.0", "R = 5.0"))) is None
+
+
+def test_rounds_count_per_round_candidates_for_async(tmp_path):
+    from dataclasses import replace
+
+    _, _, camp, strat = _offline(tmp_path)
+    assert strat.room() is None  # --hours alone: no count limit
+    strat.cfg = replace(strat.cfg, rounds=3)
+    assert strat.room() == 6  # 3 x per_round (the 2 workers)
+    strat.cfg = replace(strat.cfg, rounds=3, trials=4)
+    assert strat.room() == 4
+    camp.make_spec("candidate", camp.incumbent, camp.incumbent)  # one started
+    assert strat.room() == 3 and not strat.limit_reached()
