@@ -1,6 +1,7 @@
 """Orchestration overhead and worker-busy fraction of the driver (not a test).
 
     python benchmarks/orchestration.py [--gpus 8] [--sleep 5] [--rounds 3] [--nodes 1]
+                                       [--strategy rounds|async]
 
 A campaign on a local Ray with fake GPUs whose trials only sleep for a fixed time (an
 autoresearch-protocol train.py that sleeps, then prints a score of its constants), so what is
@@ -46,6 +47,7 @@ def main() -> None:
     ap.add_argument("--sleep", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=1, help="Cluster nodes sharing the GPUs")
+    ap.add_argument("--strategy", default="rounds", choices=["rounds", "async"])
     args = ap.parse_args()
     import ray
 
@@ -96,6 +98,7 @@ def main() -> None:
                 device="cpu",
                 workers=args.gpus,
                 rounds=args.rounds,
+                strategy=args.strategy,
                 budget=f"{args.sleep:g}s",
                 sandbox="off",
                 clone_root=str(Path(tmp) / "clones"),
@@ -121,8 +124,8 @@ def main() -> None:
     phases = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.0)
     ideal = sum(trial) / (args.gpus * phases * statistics.fmean(trial))
     print(
-        f"{len(rows)} trials on {args.gpus} fake GPUs over {args.nodes} node(s), "
-        f"{args.sleep:g}s sleep each, campaign "
+        f"strategy {args.strategy}: {len(rows)} trials on {args.gpus} fake GPUs over "
+        f"{args.nodes} node(s), {args.sleep:g}s sleep each, campaign "
         f"wall {wall:.1f}s (trials {last - first:.1f}s)"
     )
     print(

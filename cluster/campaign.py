@@ -226,7 +226,11 @@ class Campaign:
             self.record(
                 spec,
                 entry.get("proposal"),
-                TrialResult(status="lost", error="the driver stopped while this trial was running"),
+                TrialResult(
+                    status="lost",
+                    error="the driver stopped while this trial was "
+                    + ("waiting for a worker" if entry.get("queued") else "running"),
+                ),
             )
             if spec.commit_sha == self.incumbent or spec.parent_sha == self.incumbent:
                 self.requeue.append(spec)
@@ -249,7 +253,8 @@ class Campaign:
             logs.mkdir(exist_ok=True)
             (logs / f"{spec.trial_id}.log").write_text(log_text)
             log_path = str(logs / f"{spec.trial_id}.log")
-        inc = self.runs_of(self.incumbent)
+        # The mean of the commit the trial was run against (async: maybe no longer the incumbent).
+        inc = self.runs_of(spec.parent_sha) or self.runs_of(self.incumbent)
         p = proposal or {}
         row = {
             "trial_id": spec.trial_id,

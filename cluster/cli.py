@@ -233,14 +233,25 @@ def build_parser() -> argparse.ArgumentParser:
         "of the pinned type; on CPU, one per core up to 4)",
     )
     p.add_argument("--gpu-type", default=None, help="pin one GPU type, e.g. H100, A100")
-    p.add_argument("--strategy", default="rounds", choices=["rounds"])
+    p.add_argument(
+        "--strategy",
+        default="rounds",
+        choices=["rounds", "async"],
+        help="rounds: N candidates, wait, gate, merge; async: every worker always busy, "
+        "gated on arrival, stale winners re-run on the new incumbent, near-misses combined",
+    )
     p.add_argument(
         "--proposer",
         default="mutate",
         help="mutate | queue:DIR | llm | a weighted mix like llm=3,mutate=1",
     )
     p.add_argument("--program", type=Path, default=None, help="research program (program.md)")
-    p.add_argument("--rounds", type=int, default=None, help="stop after R candidate rounds")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="stop after R candidate rounds (async: R x per-round candidates)",
+    )
     p.add_argument("--trials", type=int, default=None, help="stop after K candidate trials")
     p.add_argument("--hours", type=float, default=None, help="stop after H hours")
     p.add_argument("--address", default=None, help="Ray cluster to join (auto: the running one)")

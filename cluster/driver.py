@@ -53,39 +53,55 @@ class Driver:
         camp, queue, rows = self.camp, list(specs), []
         camp._journal()
         while queue or self.pool.busy():
-            if (
-                queue
-                and not self.pool.idle()
-                and not self.pool.busy()
-                and not self.pool.recovering()
-            ):
-                raise CampaignError("no trial worker is left alive to run the queued trials")
+            self.check_alive(bool(queue))
             while queue and self.pool.idle():
                 spec = queue.pop(0)
                 self.pool.submit(spec)
-            self.pipeline.in_flight(
-                [
-                    (camp.inflight.get(s.trial_id, {}).get("proposal") or {}).get("description", "")
-                    for _, s, _, _ in self.pool.pending.values()
-                ]
-            )
-            for spec, result, text, _ in self.pool.results(timeout=5.0):
-                entry = camp.inflight.pop(spec.trial_id, {})
-                result = self._check_gpu(result)
-                row = self.decide(spec, entry.get("proposal"), result, text, on_row)
-                rows.append(row)
-                camp._journal()
-                if result.status == "lost" and self.requeues.get(spec.commit_sha, 0) < MAX_REQUEUES:
-                    self.requeues[spec.commit_sha] = self.requeues.get(spec.commit_sha, 0) + 1
-                    again = camp.make_spec(spec.kind, spec.commit_sha, spec.parent_sha)
-                    camp.inflight[again.trial_id]["proposal"] = entry.get("proposal")
-                    camp._say(
-                        f"{spec.trial_id} lost ({result.error[:80]}); re-running as "
-                        f"{again.trial_id}"
-                    )
-                    queue.append(again)
-                    camp._journal()
+            self.note_in_flight()
+            got, again = self.poll(5.0, on_row)
+            rows += got
+            queue += again
         return rows
+
+    def check_alive(self, queued: bool) -> None:
+        """Queued work with no worker idle, busy or coming back can never run."""
+        if queued and not self.pool.idle() and not self.pool.busy() and not self.pool.recovering():
+            raise CampaignError("no trial worker is left alive to run the queued trials")
+
+    def note_in_flight(self) -> None:
+        """Tell the proposers what is running, so they do not propose it again."""
+        self.pipeline.in_flight(
+            [
+                (self.camp.inflight.get(s.trial_id, {}).get("proposal") or {}).get(
+                    "description", ""
+                )
+                for _, s, _, _ in self.pool.pending.values()
+            ]
+        )
+
+    def poll(self, timeout: float, on_row=None) -> tuple[list[dict], list[TrialSpec]]:
+        """Record the trials that finish within `timeout` s (without dispatching anything).
+
+        Returns their rows and, for lost trials still under MAX_REQUEUES, the specs that re-run
+        them (already journaled): the caller decides when they run. Used by run_specs, and by
+        strategies that keep their own queue (async)."""
+        camp, rows, again = self.camp, [], []
+        for spec, result, text, _ in self.pool.results(timeout=timeout):
+            entry = camp.inflight.pop(spec.trial_id, {})
+            result = self._check_gpu(result)
+            row = self.decide(spec, entry.get("proposal"), result, text, on_row)
+            rows.append(row)
+            camp._journal()
+            if result.status == "lost" and self.requeues.get(spec.commit_sha, 0) < MAX_REQUEUES:
+                self.requeues[spec.commit_sha] = self.requeues.get(spec.commit_sha, 0) + 1
+                spec2 = camp.make_spec(spec.kind, spec.commit_sha, spec.parent_sha)
+                camp.inflight[spec2.trial_id]["proposal"] = entry.get("proposal")
+                camp._say(
+                    f"{spec.trial_id} lost ({result.error[:80]}); re-running as {spec2.trial_id}"
+                )
+                again.append(spec2)
+                camp._journal()
+        return rows, again
 
     def _check_gpu(self, r: TrialResult) -> TrialResult:
         if r.status == "ok" and self.gpu_name and r.gpu_name != self.gpu_name:

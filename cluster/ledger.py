@@ -63,7 +63,7 @@ FIELDS = (
     "self_reported",
     "merged",  # the campaign branch fast-forwarded to this commit because of this row
     "noise",  # the noise estimate (std of val_bpb) when the row was decided
-    "incumbent_bpb",  # the incumbent's mean val_bpb when the row was decided
+    "incumbent_bpb",  # mean val_bpb of the row's parent (the incumbent it ran against) then
 )
 # Statuses without a usable metric: such rows are never ranked.
 FAILED = ("crash", "timeout", "invalid", "lost")

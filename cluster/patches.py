@@ -62,3 +62,23 @@ def apply_patch(old: str, patch: str, path: str) -> str:
             if proc.returncode == 0:
                 return target.read_text()
         raise PatchError(proc.stderr.decode(errors="replace").strip() or "patch does not apply")
+
+
+def merge3(base: str, ours: str, theirs: str) -> str:
+    """Both changes of `ours` and `theirs` (each an edit of `base`) in one text.
+
+    A three-way merge by `git merge-file`; raises PatchError when the two edits touch the same
+    or adjacent lines (git calls that a conflict), so only changes to different parts stack.
+    """
+    with tempfile.TemporaryDirectory(prefix="ar-merge-") as tmp:
+        names = []
+        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
+            (Path(tmp) / name).write_text(text)
+            names.append(name)
+        proc = subprocess.run(
+            ["git", "merge-file", "-p", "--quiet", *names], cwd=tmp, capture_output=True
+        )
+    if proc.returncode != 0:
+        why = f"{proc.returncode} conflicting hunk(s)" if proc.returncode > 0 else "merge failed"
+        raise PatchError(f"the two changes overlap: {why} {proc.stderr.decode().strip()}".strip())
+    return proc.stdout.decode()

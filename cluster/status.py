@@ -19,7 +19,9 @@ def status_text(run_dir: Path, tag: str) -> str:
     ledger = Ledger(run_dir)
     rows, config = ledger.rows(), ledger.read_config() or {}
     journal = run_dir / "inflight.json"
-    running = json.loads(journal.read_text()) if journal.exists() else {}
+    journaled = json.loads(journal.read_text()) if journal.exists() else {}
+    running = {k: v for k, v in journaled.items() if not v.get("queued")}
+    queued = len(journaled) - len(running)  # async: follow-ups waiting for a worker
     s = campaign_summary(rows, workers=config.get("workers"))
     merged = [r for r in rows if r.get("merged")]
     inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
@@ -33,8 +35,8 @@ def status_text(run_dir: Path, tag: str) -> str:
         + f", after {len(merged)} merged change(s)",
         "noise      "
         + (f"{noise:.4f} val_bpb (std of replicates)" if noise else "not measured yet"),
-        f"trials     {len(running)} running, {len(rows)} done: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())),
+        f"trials     {len(running)} running, {f'{queued} queued, ' if queued else ''}"
+        f"{len(rows)} done: " + ", ".join(f"{k} {v}" for k, v in sorted(s["by_status"].items())),
     ]
     if s["best_val_bpb"] is not None:
         lines.append(

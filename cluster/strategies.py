@@ -3,6 +3,9 @@
 `rounds` (the shape autoresearch users know, N at a time): measure the incumbent's noise with
 replicates, fan out N candidates against it, wait for all, screen the best through the gate,
 confirm it beside a fresh incumbent run, merge, repeat.
+
+`async` (cluster/strategy_async.py): every worker stays busy, results are gated as they
+arrive, stale winners are re-run on the new incumbent, near-misses are combined.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import time
 
 from cluster.campaign import CampaignConfig, CampaignError
+
+STRATEGIES = ("rounds", "async")  # async: cluster/strategy_async.py
 
 
 class RoundsStrategy:
@@ -133,4 +138,8 @@ class RoundsStrategy:
 def build_strategy(cfg: CampaignConfig, driver, workers: int):
     if cfg.strategy == "rounds":
         return RoundsStrategy(cfg, driver, workers)
-    raise ValueError(f"unknown strategy {cfg.strategy!r}; available: rounds")
+    if cfg.strategy == "async":
+        from cluster.strategy_async import AsyncStrategy
+
+        return AsyncStrategy(cfg, driver, workers)
+    raise ValueError(f"unknown strategy {cfg.strategy!r}; available: {', '.join(STRATEGIES)}")
