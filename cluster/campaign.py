@@ -70,6 +70,8 @@ class CampaignConfig:
     llm_timeout: float = 120.0
     runs_dir: Path | None = None
     clone_root: str | None = None
+    islands: int = 4  # population: K islands, each with its own incumbent branch (>= 2)
+    migrate_every: int | None = None  # population: exploit every M results (default 2 x workers)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -91,7 +93,10 @@ class Campaign:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run_dir)
         self.journal = self.run_dir / "inflight.json"
-        self.branch = f"autoresearch/{cfg.tag}"
+        self.main_branch = f"autoresearch/{cfg.tag}"
+        # population: the island whose incumbent/branch the methods below use (None: the
+        # campaign branch); set by the strategy around each operation
+        self.island: int | None = None
         self.gate = Gate(cfg.noise_multiple, cfg.confirm_multiple)
         self.rows: list[dict] = self.ledger.rows()
         self.inflight: dict[str, dict] = {}
@@ -101,10 +106,27 @@ class Campaign:
     # ------------------------------------------------------------------ state
 
     @property
+    def branch(self) -> str:
+        if self.island is None:
+            return self.main_branch
+        return island_branch(self.cfg.tag, self.island)
+
+    @property
     def incumbent(self) -> str:
         sha = gitops.rev_parse(self.repo, self.branch)
         assert sha, "campaign branch vanished"
         return sha
+
+    def island_heads(self) -> dict[int, str]:
+        """population: island -> its incumbent (empty for the other strategies)."""
+        if self.cfg.strategy != "population":
+            return {}
+        heads = {}
+        for i in range(self.cfg.islands):
+            sha = gitops.rev_parse(self.repo, island_branch(self.cfg.tag, i))
+            if sha:
+                heads[i] = sha
+        return heads
 
     def incumbent_source(self) -> str:
         return gitops.read_blob(self.repo, self.incumbent, self.cfg.target)
@@ -137,6 +159,7 @@ class Campaign:
             in_flight=[v.get("description") or "" for v in self.inflight.values()],
             noise=self.noise(),
             round=self.round,
+            island=self.island or 0,
         )
 
     # ------------------------------------------------------------------ start / resume
@@ -154,10 +177,15 @@ class Campaign:
             "protocol": self.cfg.protocol,
             "device_kind": device_kind,
         }
+        locked = LOCKED
+        if self.cfg.strategy == "population":
+            settings.update(islands=self.cfg.islands, migrate_every=self.cfg.migrate_every)
+            locked = (*LOCKED, "strategy", "islands", "migrate_every")
+            settings["strategy"] = "population"
         if saved:
             diffs = [
                 f"{k}: campaign has {saved.get(k)!r}, this run asks {settings[k]!r}"
-                for k in LOCKED
+                for k in locked
                 if saved.get(k) != settings[k]
             ]
             if diffs:
@@ -193,7 +221,8 @@ class Campaign:
                 f"{self.branch} is checked out in a worktree; the driver moves "
                 "it, so check out another branch first (git switch -)"
             )
-        self._finish_interrupted_merge()
+        if self.cfg.strategy != "population":  # islands: their branches are the state
+            self._finish_interrupted_merge()
         self._recover_inflight()
         done = [r for r in self.rows if r.get("kind") == "candidate"]
         self.round = max((r.get("round") or 0 for r in self.rows), default=0)
@@ -232,7 +261,8 @@ class Campaign:
                     + ("waiting for a worker" if entry.get("queued") else "running"),
                 ),
             )
-            if spec.commit_sha == self.incumbent or spec.parent_sha == self.incumbent:
+            heads = {self.incumbent, *self.island_heads().values()}
+            if spec.commit_sha in heads or spec.parent_sha in heads:
                 self.requeue.append(spec)
         _atomic_json(self.journal, {})
 
@@ -300,13 +330,15 @@ class Campaign:
     def _journal(self) -> None:
         _atomic_json(self.journal, self.inflight)
 
-    def make_spec(self, kind: str, commit: str, parent: str) -> TrialSpec:
+    def make_spec(
+        self, kind: str, commit: str, parent: str, island: int | None = None
+    ) -> TrialSpec:
         tid = self._next_id()
         n = int(tid[1:])
         spec = TrialSpec(
             trial_id=tid,
             round=self.round,
-            island=0,
+            island=island if island is not None else (self.island or 0),
             kind=kind,
             parent_sha=parent,
             commit_sha=commit,
@@ -339,7 +371,7 @@ class Campaign:
         spec = TrialSpec(
             trial_id=self._next_id(),
             round=self.round,
-            island=0,
+            island=self.island or 0,
             kind="candidate",
             parent_sha=p.parent_sha,
             commit_sha="",
@@ -354,6 +386,11 @@ class Campaign:
     def _say(self, msg: str) -> None:
         elapsed = time.monotonic() - self.t0
         print(f"[{self.cfg.tag} {elapsed:6.0f}s] {msg}", flush=True)
+
+
+def island_branch(tag: str, i: int) -> str:
+    """`autoresearch/TAG-island-i`: git cannot hold both `a/b` and `a/b/c`."""
+    return f"autoresearch/{tag}-island-{i}"
 
 
 def _describe(spec: TrialSpec) -> str:

@@ -94,7 +94,7 @@ class Driver:
             camp._journal()
             if result.status == "lost" and self.requeues.get(spec.commit_sha, 0) < MAX_REQUEUES:
                 self.requeues[spec.commit_sha] = self.requeues.get(spec.commit_sha, 0) + 1
-                spec2 = camp.make_spec(spec.kind, spec.commit_sha, spec.parent_sha)
+                spec2 = camp.make_spec(spec.kind, spec.commit_sha, spec.parent_sha, spec.island)
                 camp.inflight[spec2.trial_id]["proposal"] = entry.get("proposal")
                 camp._say(
                     f"{spec.trial_id} lost ({result.error[:80]}); re-running as {spec2.trial_id}"
