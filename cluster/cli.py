@@ -142,6 +142,8 @@ def _campaign_config(args: argparse.Namespace):
         api_base=args.api_base,
         max_llm_cost=args.max_llm_cost,
         llm_timeout=args.llm_timeout,
+        islands=max(2, args.islands),
+        migrate_every=args.migrate_every,
     )
 
 
@@ -236,9 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="rounds",
-        choices=["rounds", "async"],
+        choices=["rounds", "async", "population"],
         help="rounds: N candidates, wait, gate, merge; async: every worker always busy, "
-        "gated on arrival, stale winners re-run on the new incumbent, near-misses combined",
+        "gated on arrival, stale winners re-run on the new incumbent, near-misses combined; "
+        "population: async on K islands (own branches autoresearch/TAG-island-i), the "
+        "bottom islands copy the best every M results",
+    )
+    p.add_argument("--islands", type=int, default=4, help="population: islands K (at least 2; 4)")
+    p.add_argument(
+        "--migrate-every",
+        type=int,
+        default=None,
+        help="population: exploit/migrate every M results (default: 2 x workers)",
     )
     p.add_argument(
         "--proposer",

@@ -25,6 +25,10 @@ def status_text(run_dir: Path, tag: str) -> str:
     s = campaign_summary(rows, workers=config.get("workers"))
     merged = [r for r in rows if r.get("merged")]
     inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
+    if (run_dir / "islands.json").exists():  # population: the best island's incumbent
+        scored = [i for i in json.loads((run_dir / "islands.json").read_text()) if i["mean"]]
+        if scored:
+            inc_sha = min(scored, key=lambda i: i["mean"])["sha"]
     inc_runs = Gate.runs_by_commit(rows).get(inc_sha, [])
     noise = Gate.noise(rows)
     lines = [
@@ -52,6 +56,14 @@ def status_text(run_dir: Path, tag: str) -> str:
             "note       CPU trials share each machine's cores (threads split between "
             "workers); their timings are not GPU timings"
         )
+    islands = run_dir / "islands.json"  # population: one line per island
+    if islands.exists():
+        for isl in json.loads(islands.read_text()):
+            mean = f"{isl['mean']:.4f}" if isl.get("mean") is not None else "-"
+            lines.append(
+                f"island {isl['island']}   {isl['sha'][:10]}  val_bpb {mean} over "
+                f"{isl['runs']} run(s), {isl['merges']} merge(s)  ({isl['branch']})"
+            )
     for tid, entry in running.items():
         desc = (entry.get("proposal") or {}).get("description") or entry["spec"]["kind"]
         lines.append(f"running    {tid} {desc[:70]}")

@@ -6,6 +6,9 @@ confirm it beside a fresh incumbent run, merge, repeat.
 
 `async` (cluster/strategy_async.py): every worker stays busy, results are gated as they
 arrive, stale winners are re-run on the new incumbent, near-misses are combined.
+
+`population` (cluster/strategy_population.py): K islands with their own incumbent branches
+share the workers; the bottom islands copy the best every M results (PBT exploit/explore).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 from cluster.campaign import CampaignConfig, CampaignError
 
-STRATEGIES = ("rounds", "async")  # async: cluster/strategy_async.py
+STRATEGIES = ("rounds", "async", "population")  # cluster/strategy_{async,population}.py
 
 
 class RoundsStrategy:
@@ -142,4 +145,8 @@ def build_strategy(cfg: CampaignConfig, driver, workers: int):
         from cluster.strategy_async import AsyncStrategy
 
         return AsyncStrategy(cfg, driver, workers)
+    if cfg.strategy == "population":
+        from cluster.strategy_population import PopulationStrategy
+
+        return PopulationStrategy(cfg, driver, workers)
     raise ValueError(f"unknown strategy {cfg.strategy!r}; available: {', '.join(STRATEGIES)}")

@@ -1,0 +1,67 @@
+"""The population strategy on a local Ray with fake GPUs: sleep-only trials (see test_async).
+
+A planted improvement (R) proposed on one island merges there, the trailing island copies it
+at the next exploit step, and the campaign branch ends at the best island's incumbent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster import gitops
+from cluster.campaign import island_branch
+from cluster.driver import run_campaign
+from cluster.status import status_text
+from tests.test_async import _config, _parent, _queue, _repo, _source
+
+
+@pytest.mark.slow
+def test_population_islands_merge_migrate_and_final_answer(tmp_path, ray_cluster):
+    repo, src = _repo(tmp_path / "repo")
+    _queue(repo, "1-real.patch", src, src.replace("R = 1.0", "R = 2.0"), "real")
+    for i, value in enumerate((2.0, 3.0, 4.0, 5.0, 6.0)):
+        new = src.replace("UNUSED = 1.0", f"UNUSED = {value}")
+        _queue(repo, f"{i + 2}-null.patch", src, new, f"null {value}")
+    cfg = _config(repo, "pop", strategy="population", islands=2, migrate_every=2, trials=6)
+    camp = run_campaign(cfg)
+    rows = camp.ledger.rows()
+    base = camp.base_sha
+
+    # Every island has its own branch, and every row names its island.
+    heads = {i: gitops.rev_parse(repo, island_branch("pop", i)) for i in (0, 1)}
+    assert all(heads.values())
+    assert {r["island"] for r in rows} <= {0, 1}
+    cands = [r for r in rows if r["kind"] == "candidate"]
+    assert {r["island"] for r in cands} == {0, 1}  # the workers served both islands
+
+    # The planted improvement merged on the island it was proposed on, and nothing else did.
+    merged = [r for r in rows if r["merged"]]
+    assert [r["description"] for r in merged] == ["real"]
+    win = merged[0]
+    real = next(r for r in cands if r["description"] == "real")
+    assert real["island"] == win["island"] and real["parent_sha"] == base
+    assert _parent(repo, win["commit_sha"]) == base and "R = 2.0" in _source(
+        repo, win["commit_sha"]
+    )
+
+    # The other island trailed by far more than the gate and copied the winner.
+    other = 1 - win["island"]
+    moves = [json.loads(x) for x in (camp.run_dir / "islands.jsonl").read_text().splitlines()]
+    assert any(
+        m["island"] == other and m["source"] == win["island"] and m["new"] == win["commit_sha"]
+        for m in moves
+    )
+    assert heads[win["island"]] == win["commit_sha"]
+    assert heads[other] == win["commit_sha"] or gitops.is_ancestor(
+        repo, win["commit_sha"], heads[other]
+    )
+    # Candidates after the migration on the other island were run on the winner.
+    after = [r for r in cands if r["island"] == other and r["parent_sha"] != base]
+    assert all(r["parent_sha"] == win["commit_sha"] for r in after)
+
+    # The final answer: the campaign branch is the best island's incumbent.
+    assert gitops.rev_parse(repo, camp.main_branch) == win["commit_sha"]
+    text = status_text(camp.run_dir, "pop")
+    assert "island 0" in text and "island 1" in text
+    assert win["commit_sha"][:10] in text.splitlines()[1]  # the incumbent line: the best island
