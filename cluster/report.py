@@ -72,6 +72,11 @@ def progress_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
     ok = df[~failed]
     islands = sorted(df["island"].unique())
     levels = {i: _incumbent_levels(df[df["island"] == i]) for i in islands}
+    if len(islands) > 1:  # population: every island starts at the campaign's base code
+        start = _incumbent_levels(df)[:1]
+        for i in islands:
+            if start and (not levels[i] or levels[i][0][0] > start[0][0]):
+                levels[i] = [start[0], *[(x, min(y, start[0][1])) for x, y in levels[i]]]
     # autoresearch's y range: from the best to just above the baseline; worse results are ticks.
     starts = [lv[0][1] for lv in levels.values() if lv]
     top = max(starts) if starts else max(ok["val_bpb"], default=1.0)

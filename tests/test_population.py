@@ -6,6 +6,11 @@ at the next exploit step, and the campaign branch ends at the best island's incu
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -65,3 +70,63 @@ def test_population_islands_merge_migrate_and_final_answer(tmp_path, ray_cluster
     text = status_text(camp.run_dir, "pop")
     assert "island 0" in text and "island 1" in text
     assert win["commit_sha"][:10] in text.splitlines()[1]  # the incumbent line: the best island
+    # The plot draws one running-best line per island.
+    from cluster.report import progress_figure
+
+    labels = [ln.get_label() for ln in progress_figure(rows).axes[0].get_lines()]
+    assert {"island 0: running best", "island 1: running best"} <= set(labels)
+
+
+@pytest.mark.slow
+def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
+    repo, _ = _repo(tmp_path / "repo")
+    train = repo / "train.py"
+    train.write_text(train.read_text().replace("SLEEP = 0.5", "SLEEP = 1.5"))
+    env = {**os.environ, **gitops.IDENTITY}
+    subprocess.run(["git", "commit", "-qam", "slower"], cwd=repo, check=True, env=env)
+    src = train.read_text()
+    _queue(repo, "1-real.patch", src, src.replace("R = 1.0", "R = 2.0"), "real")
+    for i in range(8):  # more than both runs take (--trials 3 each): no run waits for ideas
+        new = src.replace("UNUSED = 1.0", f"UNUSED = {i + 2}.0")
+        _queue(repo, f"{i + 2}-null.patch", src, new, f"null {i + 2}")
+    cmd = [sys.executable, "-m", "cluster.cli", "run", "--tag", "popr", "--repo", str(repo)]
+    cmd += ["--target", "train.py", "--protocol", "autoresearch", "--sandbox", "off"]
+    cmd += ["--device", "cpu", "--budget", "1s", "--workers", "2", "--replicates", "4"]
+    cmd += ["--strategy", "population", "--islands", "2", "--migrate-every", "2"]
+    cmd += ["--proposer", "queue:queue", "--trials", "3", "--hours", "0.05", "--seed", "1"]
+
+    def start():
+        return subprocess.Popen(
+            cmd,
+            cwd=repo,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    ledger = repo / "runs" / "popr" / "trials.jsonl"
+
+    def rows():
+        text = ledger.read_text() if ledger.exists() else ""
+        return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+    first = start()
+    deadline = time.monotonic() + 120
+    while len(rows()) < 5 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(rows()) >= 5, first.communicate()[0]
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = rows()
+    second = start()
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, out
+    after = rows()
+    assert after[: len(before)] == before  # nothing recorded before the kill was lost
+    ids = [r["trial_id"] for r in after]
+    assert len(ids) == len(set(ids))
+    assert {r["island"] for r in after} <= {0, 1}
+    merged = [r for r in after if r["merged"]]
+    assert [r["description"] for r in merged] == ["real"]
+    assert gitops.rev_parse(repo, "autoresearch/popr") == merged[0]["commit_sha"]
