@@ -50,12 +50,25 @@ class PopulationStrategy(AsyncStrategy):
     # ------------------------------------------------------------------ islands
 
     def _branches(self) -> None:
+        """Create missing island branches; finish a merge a killed driver recorded but did not
+        make (the island's last merged row, unless a migration moved the island after it)."""
         camp = self.camp
+        moves = []
+        if self.log.exists():
+            moves = [json.loads(x) for x in self.log.read_text().splitlines() if x.strip()]
         for i in range(self.k):
-            if not gitops.rev_parse(camp.repo, island_branch(camp.cfg.tag, i)):
-                gitops.set_ref(
-                    camp.repo, f"refs/heads/{island_branch(camp.cfg.tag, i)}", camp.base_sha
-                )
+            ref = f"refs/heads/{island_branch(camp.cfg.tag, i)}"
+            head = gitops.rev_parse(camp.repo, island_branch(camp.cfg.tag, i))
+            if not head:
+                gitops.set_ref(camp.repo, ref, camp.base_sha)
+                head = camp.base_sha
+            won = [r for r in camp.rows if r.get("merged") and r["island"] == i]
+            if not won or any(m["island"] == i and m["time"] > won[-1]["recorded"] for m in moves):
+                continue
+            want = won[-1]["commit_sha"]
+            if head != want and gitops.is_ancestor(camp.repo, head, want):
+                gitops.set_ref(camp.repo, ref, want, head)
+                camp._say(f"island {i}: completed an interrupted merge {head[:10]} -> {want[:10]}")
 
     @contextmanager
     def on(self, island: int | None):

@@ -130,3 +130,32 @@ def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
     merged = [r for r in after if r["merged"]]
     assert [r["description"] for r in merged] == ["real"]
     assert gitops.rev_parse(repo, "autoresearch/popr") == merged[0]["commit_sha"]
+
+
+def test_an_interrupted_island_merge_is_completed_unless_a_migration_followed(tmp_path):
+    """A killed driver may record a merge and die before moving the island's branch."""
+    from types import SimpleNamespace
+
+    from cluster.campaign import Campaign
+    from cluster.records import TrialResult
+    from cluster.strategy_population import PopulationStrategy
+
+    repo, src = _repo(tmp_path / "repo")
+    cfg = _config(repo, "imerge", strategy="population", islands=2)
+    camp = Campaign(cfg)
+    camp.budget = "1s"
+    camp.setup("cpu", "1s", 2)
+    base = camp.base_sha
+    win = gitops.commit_file(repo, base, "train.py", src.replace("R = 1.0", "R = 2.0"), "R")
+    spec = camp.make_spec("confirm", win, base, island=1)
+    camp.record(spec, None, TrialResult(status="ok", val_bpb=0.9), status="keep", merged=True)
+    driver = SimpleNamespace(camp=camp)
+    PopulationStrategy(cfg, driver, 2)
+    assert gitops.rev_parse(repo, island_branch("imerge", 1)) == win
+    assert gitops.rev_parse(repo, island_branch("imerge", 0)) == base
+    # After a migration moved island 1 (later than the merge), its branch is left alone.
+    gitops.set_ref(repo, f"refs/heads/{island_branch('imerge', 1)}", base)
+    move = dict(time=time.time() + 1, island=1, source=0, old=win, new=base, why="test")
+    (camp.run_dir / "islands.jsonl").write_text(json.dumps(move) + "\n")
+    PopulationStrategy(cfg, driver, 2)
+    assert gitops.rev_parse(repo, island_branch("imerge", 1)) == base
