@@ -159,3 +159,16 @@ def test_an_interrupted_island_merge_is_completed_unless_a_migration_followed(tm
     (camp.run_dir / "islands.jsonl").write_text(json.dumps(move) + "\n")
     PopulationStrategy(cfg, driver, 2)
     assert gitops.rev_parse(repo, island_branch("imerge", 1)) == base
+
+
+def test_cli_islands_flags():
+    from cluster.cli import _campaign_config, build_parser
+
+    args = build_parser().parse_args(["run", "--tag", "t", "--strategy", "population"])
+    cfg = _campaign_config(args)
+    assert (cfg.strategy, cfg.islands, cfg.migrate_every) == ("population", 4, None)
+    args = build_parser().parse_args(
+        ["run", "--tag", "t", "--strategy", "population", "--islands", "1", "--migrate-every", "5"]
+    )
+    cfg = _campaign_config(args)
+    assert (cfg.islands, cfg.migrate_every) == (2, 5)  # one island is not a population
