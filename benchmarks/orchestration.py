@@ -1,7 +1,7 @@
 """Orchestration overhead and worker-busy fraction of the driver (not a test).
 
     python benchmarks/orchestration.py [--gpus 8] [--sleep 5] [--rounds 3] [--nodes 1]
-                                       [--strategy rounds|async]
+                                       [--strategy rounds|async] [--grow J]
 
 A campaign on a local Ray with fake GPUs whose trials only sleep for a fixed time (an
 autoresearch-protocol train.py that sleeps, then prints a score of its constants), so what is
@@ -15,6 +15,10 @@ and the trial slot (dispatched to recorded) as a multiple of the sleep (ideal 1)
 With --nodes K > 1 the fake GPUs are split over K raylets of a ray.cluster_utils.Cluster on
 this machine (a head with no resources, as on a real cluster), so actors, clones and bundle
 transfers cross node boundaries; each node costs a raylet and an object store (~0.5 GB).
+With --grow J the campaign runs with --workers auto, and J more nodes of the same size join
+once its first trial is recorded: it prints how long after that the campaign first ran trials
+on more GPUs than it started with (the pool re-reads the cluster every 10 s, then the new
+actors are placed, clone the repo and prepare data).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--nodes", type=int, default=1, help="Cluster nodes sharing the GPUs")
     ap.add_argument("--strategy", default="rounds", choices=["rounds", "async"])
+    ap.add_argument("--grow", type=int, default=0, help="nodes to add while it runs")
     args = ap.parse_args()
     import ray
 
@@ -68,16 +73,16 @@ def main() -> None:
         for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "sleep trial"]):
             subprocess.run(["git", *cmd], cwd=repo, check=True, env=env)
         cluster = None
-        if args.nodes > 1:
+        share = [args.gpus // args.nodes + (i < args.gpus % args.nodes) for i in range(args.nodes)]
+        if args.nodes > 1 or args.grow:
             from ray.cluster_utils import Cluster
 
             cluster = Cluster(
                 initialize_head=True,
                 head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False},
             )
-            for i in range(args.nodes):
-                share = args.gpus // args.nodes + (i < args.gpus % args.nodes)
-                cluster.add_node(num_cpus=1, num_gpus=share)
+            for n in share:
+                cluster.add_node(num_cpus=1, num_gpus=n)
             ray.init(address=cluster.address, log_to_driver=False)
             cluster.wait_for_nodes()
         else:
@@ -88,22 +93,22 @@ def main() -> None:
                 include_dashboard=False,
                 log_to_driver=False,
             )
-        t0 = time.time()
-        camp = run_campaign(
-            CampaignConfig(
-                tag="bench",
-                repo=repo,
-                target="train.py",
-                protocol="autoresearch",
-                device="cpu",
-                workers=args.gpus,
-                rounds=args.rounds,
-                strategy=args.strategy,
-                budget=f"{args.sleep:g}s",
-                sandbox="off",
-                clone_root=str(Path(tmp) / "clones"),
-            )
+        cfg = CampaignConfig(
+            tag="bench",
+            repo=repo,
+            target="train.py",
+            protocol="autoresearch",
+            device="cpu",
+            workers=None if args.grow else args.gpus,
+            rounds=args.rounds,
+            strategy=args.strategy,
+            budget=f"{args.sleep:g}s",
+            sandbox="off",
+            clone_root=str(Path(tmp) / "clones"),
         )
+        t0 = time.time()
+        camp, grown = run_growing(cfg, cluster, share[0], args.grow) if args.grow else (None, 0)
+        camp = camp or run_campaign(cfg)
         wall = time.time() - t0
         rows = camp.ledger.rows()
         clones = len(list((Path(tmp) / "clones").glob("*/*.git")))
@@ -111,18 +116,26 @@ def main() -> None:
         if cluster:
             cluster.shutdown()
     ok = [r for r in rows if r["started"] and r["dispatched"]]
+    gpus = args.gpus + args.grow * share[0]
+    if args.grow:
+        wider = first_time_over(ok, args.gpus)
+        print(
+            f"grew {args.gpus} -> {gpus} fake GPUs ({args.grow} node(s) added): trials first "
+            f"ran on more than {args.gpus} GPUs "
+            + (f"{wider - grown:.1f}s after the nodes were added" if wider else "never")
+        )
     dispatch = [1000 * (r["started"] - r["dispatched"]) for r in ok]
     record = [1000 * (r["recorded"] - r["ended"]) for r in ok]
     trial = [r["total_seconds"] for r in ok]
     first = min(r["dispatched"] for r in ok)
     last = max(r["recorded"] for r in ok)
-    busy = sum(trial) / (args.gpus * (last - first))
+    busy = sum(trial) / (gpus * (last - first))
     # Ideal for rounds: phases (replicates, candidates, confirmation pair) run one after the
     # other, each one trial long; a phase with fewer trials than workers leaves some idle.
     # Phases are the waves of dispatches (a gap of over a second between them).
     times = sorted(r["dispatched"] for r in ok)
     phases = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.0)
-    ideal = sum(trial) / (args.gpus * phases * statistics.fmean(trial))
+    ideal = sum(trial) / (gpus * phases * statistics.fmean(trial))
     print(
         f"strategy {args.strategy}: {len(rows)} trials on {args.gpus} fake GPUs over "
         f"{args.nodes} node(s), {args.sleep:g}s sleep each, campaign "
@@ -148,6 +161,40 @@ def main() -> None:
         f"busy fraction {busy:.3f}; ideal for rounds ({phases} phases) {ideal:.3f}; "
         f"ratio {busy / ideal:.3f}"
     )
+
+
+def run_growing(cfg, cluster, per_node: int, grow: int):
+    """Run the campaign on a thread; add `grow` nodes once its first row is recorded.
+
+    Cluster.add_node must be called on the main thread, so the campaign runs beside it."""
+    import threading
+
+    from cluster.driver import run_campaign
+
+    box: dict = {}
+    thread = threading.Thread(target=lambda: box.update(camp=run_campaign(cfg)), daemon=True)
+    thread.start()
+    ledger = Path(cfg.repo) / "runs" / cfg.tag / "trials.jsonl"
+    while thread.is_alive() and not (ledger.exists() and ledger.read_text().strip()):
+        time.sleep(0.2)
+    grown = time.time()
+    for _ in range(grow):
+        cluster.add_node(num_cpus=1, num_gpus=per_node)
+    thread.join()
+    if "camp" not in box:
+        raise SystemExit("the campaign failed; its output is above")
+    return box["camp"], grown
+
+
+def first_time_over(rows: list[dict], n: int) -> float | None:
+    """When more than `n` trials first ran at once."""
+    events = sorted([(r["started"], 1) for r in rows] + [(r["ended"], -1) for r in rows])
+    running = 0
+    for t, step in events:
+        running += step
+        if running > n:
+            return t
+    return None
 
 
 if __name__ == "__main__":

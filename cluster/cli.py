@@ -108,10 +108,22 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
+def _workers(text: str) -> str | int:
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of workers (1 or more) or auto")
+    return n
+
+
 def _campaign_config(args: argparse.Namespace):
     from cluster.campaign import CampaignConfig
 
-    workers = None if args.workers in (None, "auto") else int(args.workers)
+    workers = None if args.workers in (None, "auto") else args.workers
     return CampaignConfig(
         tag=args.tag,
         repo=args.repo,
@@ -231,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         default="auto",
-        help="parallel trials: N or auto (every GPU "
-        "of the pinned type; on CPU, one per core up to 4)",
+        type=_workers,
+        help="parallel trials: N (more than the GPUs queue for them) or auto (one per GPU "
+        "of the pinned type, following the cluster as it grows or shrinks; on CPU, one per "
+        "core up to 4)",
     )
     p.add_argument("--gpu-type", default=None, help="pin one GPU type, e.g. H100, A100")
     p.add_argument(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import statistics
+import time
 
 import ray
 
@@ -44,6 +45,7 @@ class Driver:
     def __init__(self, camp: Campaign, pool: WorkerPool, pipeline: ProposalPipeline, gpu_name: str):
         self.camp, self.pool, self.pipeline, self.gpu_name = camp, pool, pipeline, gpu_name
         self.requeues: dict[str, int] = {}
+        self.waiting_since: float | None = None
 
     def refresh_pipeline(self) -> None:
         self.pipeline.update(self.camp.context())
@@ -58,6 +60,7 @@ class Driver:
                 spec = queue.pop(0)
                 self.pool.submit(spec)
             self.note_in_flight()
+            self.say_waiting(len(queue))
             got, again = self.poll(5.0, on_row)
             rows += got
             queue += again
@@ -65,8 +68,23 @@ class Driver:
 
     def check_alive(self, queued: bool) -> None:
         """Queued work with no worker idle, busy or coming back can never run."""
-        if queued and not self.pool.idle() and not self.pool.busy() and not self.pool.recovering():
+        pool = self.pool
+        if queued and not (pool.idle() or pool.busy() or pool.recovering() or pool.starting()):
             raise CampaignError("no trial worker is left alive to run the queued trials")
+
+    def say_waiting(self, queued: int) -> None:
+        """Queued trials and no worker to run them: say why, once a minute."""
+        pool, now = self.pool, time.monotonic()
+        if not queued or pool.idle() or pool.busy():
+            self.waiting_since = None
+            return
+        if self.waiting_since is not None and now - self.waiting_since < 60:
+            return
+        self.waiting_since = now
+        self.camp._say(
+            f"{queued} trial(s) wait for a worker: {pool.starting()} not placed yet (no free "
+            f"GPU/CPU for them: `ray status`), {pool.recovering()} restarting after a failure"
+        )
 
     def note_in_flight(self) -> None:
         """Tell the proposers what is running, so they do not propose it again."""
@@ -86,7 +104,9 @@ class Driver:
         them (already journaled): the caller decides when they run. Used by run_specs, and by
         strategies that keep their own queue (async)."""
         camp, rows, again = self.camp, [], []
-        for spec, result, text, _ in self.pool.results(timeout=timeout):
+        results = list(self.pool.results(timeout=timeout))
+        self.follow_pool()
+        for spec, result, text, _ in results:
             entry = camp.inflight.pop(spec.trial_id, {})
             result = self._check_gpu(result)
             row = self.decide(spec, entry.get("proposal"), result, text, on_row)
@@ -102,6 +122,16 @@ class Driver:
                 again.append(spec2)
                 camp._journal()
         return rows, again
+
+    def follow_pool(self) -> None:
+        """The pool grew or shrank with the cluster (--workers auto): record the new size."""
+        camp, n = self.camp, self.pool.target
+        if n == camp.workers:
+            return
+        camp.workers = n
+        camp.ledger.write_config({**(camp.ledger.read_config() or {}), "workers": n})
+        if not camp.cfg.proposals_ahead:
+            self.pipeline.resize(n)
 
     def _check_gpu(self, r: TrialResult) -> TrialResult:
         if r.status == "ok" and self.gpu_name and r.gpu_name != self.gpu_name:
@@ -168,6 +198,8 @@ def resolve(cfg: CampaignConfig) -> dict:
     workers = cfg.workers or (gpus if gpus else default_cpu_workers())
     if workers < 1:
         raise CampaignError("--workers must be at least 1")
+    # --workers auto on GPUs follows the cluster; CPU workers split the cores once, at start
+    follow = cfg.workers is None and gpus > 0
     threads = max(1, total_cpus // workers) if device_kind == "cpu" else None
     return dict(
         device_kind=device_kind,
@@ -176,6 +208,7 @@ def resolve(cfg: CampaignConfig) -> dict:
         gpus_per_trial=1 if gpus else 0,
         cpus_per_trial=0 if gpus else min(threads or 1, total_cpus),
         budget=cfg.budget or default_budget(device_kind),
+        follow=follow,
     )
 
 
@@ -217,10 +250,12 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
             b"" if sha == camp.base_sha else gitops.bundle(camp.repo, sha, camp.base_sha)
         ),
         trial_timeout=cfg.trial_timeout,
+        follow=(lambda: cluster_gpus(cfg.gpu_type)) if plan["follow"] else None,
+        say=camp._say,
     )
     pipeline = None
     try:
-        infos = pool.describe()
+        infos = pool.start()
         names = sorted({i["gpu_name"] for i in infos})
         if len(names) > 1:
             raise CampaignError(
@@ -228,12 +263,14 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
                 "type with --gpu-type so every trial is comparable"
             )
         gpu_name = names[0] if names else ""
+        pool.gpu_name = gpu_name
         if cfg.gpu_type and cfg.gpu_type not in gpu_name:
             raise CampaignError(f"--gpu-type {cfg.gpu_type} but workers report {gpu_name!r}")
         nodes = sorted({i["node"] for i in infos})
         camp._say(
             f"{len(infos)} workers ready on {len(nodes)} node(s)"
             f"{': ' + gpu_name if gpu_name else '; CPU trials share each machine'}"
+            f"{'; following the cluster (--workers auto)' if plan['follow'] else ''}"
         )
         seen = {
             source_hash(gitops.read_blob(camp.repo, r["commit_sha"], cfg.target))

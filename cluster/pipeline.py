@@ -52,6 +52,12 @@ class ProposalPipeline:
                 self.ready = [p for p in (self._rebase(p, old, ctx) for p in self.ready) if p]
             self.cond.notify_all()
 
+    def resize(self, ahead: int) -> None:
+        """Keep `ahead` proposals ready (the pool grew or shrank)."""
+        with self.cond:
+            self.ahead = max(1, ahead)
+            self.cond.notify_all()
+
     def in_flight(self, descriptions: list[str]) -> None:
         with self.cond:
             if self.ctx is not None:

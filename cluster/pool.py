@@ -4,6 +4,13 @@ The driver hands the pool TrialSpecs; the pool sends each to a free actor with t
 of its commit, waits with `ray.wait`, and yields (spec, result, log) as trials finish. An actor
 that dies mid-trial (killed process, lost node) yields a `lost` result; Ray restarts the
 actor and the driver decides whether to re-run the trial.
+
+The pool is elastic. A worker joins once its actor is placed and prepared, so `--workers N`
+on fewer GPUs than N starts with the ones that fit and queues the rest of the work: the other
+actors stay pending in Ray (an autoscaler sees their demand) and join when GPUs appear. With
+`follow` (`--workers auto` on GPUs) the pool re-reads the cluster's GPUs every
+FOLLOW_SECONDS and adds actors as it grows or retires surplus ones as it shrinks (not yet
+placed first, then those whose node died, then idle ones; a busy one finishes its trial).
 """
 
 from __future__ import annotations
@@ -15,12 +22,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from actors.trial_actor import actor_class
 from cluster.records import TrialResult, TrialSpec
 
 log = logging.getLogger(__name__)
+
+FOLLOW_SECONDS = 10.0  # how often `--workers auto` re-reads the cluster's GPUs
+START_GRACE = 30.0  # after one worker is ready, how long start() waits for the others that fit
+# A worker's states. Its GPU counts as the campaign's from ready to retired.
+STARTING, FREE, BUSY, RECOVERING, RETIRED = "starting", "free", "busy", "recovering", "retired"
 
 
 @dataclass
@@ -29,6 +41,10 @@ class WorkerInfo:
     index: int
     info: dict = field(default_factory=dict)
     busy_seconds: float = 0.0
+    state: str = STARTING
+    retire: bool = False  # busy when it became surplus: retired when its trial ends
+    ready_at: float | None = None
+    retired_at: float | None = None
 
 
 class ResourceError(RuntimeError):
@@ -77,31 +93,146 @@ class WorkerPool:
         actor_args: dict,
         bundle_for: Callable[[str], bytes],
         trial_timeout: float | None,
+        follow: Callable[[], int] | None = None,
+        say: Callable[[str], None] | None = None,
     ):
-        cls = actor_class(gpus_per_trial, cpus_per_trial, accelerator_type)
+        self.cls = actor_class(gpus_per_trial, cpus_per_trial, accelerator_type)
+        self.gpus_per_trial, self.cpus_per_trial = gpus_per_trial, cpus_per_trial
+        self.accelerator_type = accelerator_type
         self.base = ray.put(actor_args.pop("base_bundle"))  # held here: every call passes it
-        self.workers = [WorkerInfo(cls.remote(**actor_args), i) for i in range(n)]
-        self.free = list(range(n))
+        self.actor_args = actor_args
+        self.target = n  # workers wanted: --workers N, or the cluster's GPUs when following
+        self.follow, self.say = follow, say or (lambda msg: log.info(msg))
+        self.workers: list[WorkerInfo] = []
+        self.free: list[int] = []
+        self.joining: dict = {}  # ObjectRef of describe() -> index of a worker not ready yet
         self.pending: dict = {}  # ObjectRef -> (worker index, spec, t_dispatch, wall time)
         self.pings: dict = {}  # ObjectRef of a ping -> index of a worker whose actor died
         self.bundle_for = bundle_for
         self.trial_timeout = trial_timeout
+        self.gpu_name: str | None = None  # set by the driver from the first workers
         self.started = time.monotonic()
+        self.followed = time.monotonic()
+        self._spawn(n)
 
-    def describe(self, timeout: float = 600) -> list[dict]:
-        """Wait for every actor to be placed and prepared; returns their descriptions."""
-        refs = [w.handle.describe.remote(self.base) for w in self.workers]
-        try:
-            infos = ray.get(refs, timeout=timeout)
-        except GetTimeoutError as e:
+    # ------------------------------------------------------------------ membership
+
+    def _spawn(self, k: int) -> None:
+        for _ in range(k):
+            w = WorkerInfo(self.cls.remote(**self.actor_args), len(self.workers))
+            self.workers.append(w)
+            self.joining[w.handle.describe.remote(self.base)] = w.index
+
+    def capacity(self) -> int:
+        """Trial actors the cluster's resources could hold at once."""
+        res = ray.cluster_resources()
+        fits = []
+        if self.gpus_per_trial:
+            fits.append(cluster_gpus(self.accelerator_type) / self.gpus_per_trial)
+        if self.cpus_per_trial:
+            fits.append(res.get("CPU", 0) / self.cpus_per_trial)
+        return int(min(fits)) if fits else self.target
+
+    def start(self, timeout: float = 600) -> list[dict]:
+        """Wait until the workers that fit in the cluster are placed and prepared.
+
+        Returns the ready workers' descriptions. Workers beyond the cluster's capacity stay
+        pending and join later; a worker whose start fails raises ResourceError."""
+        want = max(1, min(self.target, self.capacity()))
+        deadline = time.monotonic() + timeout
+        first = None
+        while self.joining and self.ready() < want:
+            now = time.monotonic()
+            if now >= deadline or (first and now - first >= START_GRACE and self.ready()):
+                break
+            until = min(deadline, first + START_GRACE) if first else deadline
+            ready, _ = ray.wait(list(self.joining), num_returns=1, timeout=until - now)
+            self._joined(ready, strict=True)
+            if self.ready() and first is None:
+                first = time.monotonic()
+        if not self.ready():
             raise ResourceError(
-                f"{len(self.workers)} trial workers did not all start within {timeout:.0f}s: "
+                f"none of {self.target} trial workers started within {timeout:.0f}s: "
                 "the cluster may lack the GPUs/CPUs asked for (`ray status`), or "
                 "`autoresearch prepare` is slow on a node"
-            ) from e
-        for w, info in zip(self.workers, infos, strict=True):
-            w.info = info
-        return infos
+            )
+        waiting = len(self.joining)
+        if waiting:
+            self.say(
+                f"{waiting} of {self.target} workers wait for resources (the cluster holds "
+                f"{self.capacity()} now): their trials queue and they join when it grows"
+            )
+        return [w.info for w in self.workers if w.state in (FREE, BUSY)]
+
+    def _joined(self, ready: list, strict: bool = False) -> None:
+        for ref in [r for r in ready if r in self.joining]:
+            i = self.joining.pop(ref)
+            w = self.workers[i]
+            try:
+                info = ray.get(ref)
+            except RayActorError:  # died while starting (its node went): Ray restarts it
+                if w.state != RETIRED:
+                    self.joining[w.handle.describe.remote(self.base)] = i
+                continue
+            except RayTaskError as e:
+                if strict:
+                    raise ResourceError(f"a trial worker failed to start: {_first(e)}") from e
+                self.say(f"worker {i} failed to start and is dropped: {_first(e)}")
+                self._retire(w)
+                continue
+            if w.state == RETIRED:
+                continue
+            if self.gpu_name is not None and info.get("gpu_name", "") != self.gpu_name:
+                self.say(
+                    f"worker {i} on {info.get('node')} has {info.get('gpu_name') or 'no GPU'}, "
+                    f"not {self.gpu_name or 'cpu'}; dropped (pin --gpu-type)"
+                )
+                self._retire(w)
+                continue
+            w.info, w.state, w.ready_at = info, FREE, time.monotonic()
+            self.free.append(i)
+            if not strict:
+                self.say(f"worker {i} joined on {info.get('node')}: {self.ready()} ready")
+
+    def _retire(self, w: WorkerInfo) -> None:
+        if w.state == RETIRED:
+            return
+        if w.index in self.free:
+            self.free.remove(w.index)
+        w.state, w.retired_at = RETIRED, time.monotonic()
+        ray.kill(w.handle)
+
+    def live(self) -> list[WorkerInfo]:
+        return [w for w in self.workers if w.state != RETIRED and not w.retire]
+
+    def _follow(self) -> None:
+        """--workers auto: one worker per GPU of the campaign's type in the cluster now."""
+        if self.follow is None or time.monotonic() - self.followed < FOLLOW_SECONDS:
+            return
+        self.followed = time.monotonic()
+        want = max(1, self.follow())
+        live = self.live()
+        if want == len(live):
+            return
+        self.say(f"the cluster now has {want} GPU(s) for trials: {len(live)} -> {want} workers")
+        self.target = want
+        if want > len(live):
+            self._spawn(want - len(live))
+            return
+        order = {STARTING: 0, RECOVERING: 1, FREE: 2, BUSY: 3}
+        for w in sorted(live, key=lambda w: order[w.state])[: len(live) - want]:
+            if w.state == BUSY:
+                w.retire = True
+                continue
+            for table in (self.joining, self.pings):
+                for ref in [r for r, i in table.items() if i == w.index]:
+                    del table[ref]
+            self._retire(w)
+
+    # ------------------------------------------------------------------ counts
+
+    def ready(self) -> int:
+        return sum(1 for w in self.workers if w.state in (FREE, BUSY))
 
     def idle(self) -> int:
         return len(self.free)
@@ -109,14 +240,29 @@ class WorkerPool:
     def busy(self) -> int:
         return len(self.pending)
 
-    def submit(self, spec: TrialSpec) -> None:
-        i = self.free.pop(0)
-        commits = self.bundle_for(spec.commit_sha)
-        ref = self.workers[i].handle.run.remote(spec, commits, self.base, self.trial_timeout)
-        self.pending[ref] = (i, spec, time.monotonic(), time.time())
-
     def recovering(self) -> int:
         return len(self.pings)
+
+    def starting(self) -> int:
+        return len(self.joining)
+
+    # ------------------------------------------------------------------ trials
+
+    def submit(self, spec: TrialSpec) -> None:
+        i = self.free.pop(0)
+        w = self.workers[i]
+        w.state = BUSY
+        commits = self.bundle_for(spec.commit_sha)
+        ref = w.handle.run.remote(spec, commits, self.base, self.trial_timeout)
+        self.pending[ref] = (i, spec, time.monotonic(), time.time())
+
+    def _release(self, i: int) -> None:
+        w = self.workers[i]
+        if w.retire:
+            self._retire(w)
+        else:
+            w.state = FREE
+            self.free.append(i)
 
     def _check_pings(self, ready: list) -> None:
         """Workers whose actor died come back once Ray has restarted them (maybe elsewhere)."""
@@ -124,13 +270,26 @@ class WorkerPool:
             i = self.pings.pop(ref)
             try:
                 ray.get(ref)
-                self.free.append(i)
+                self._release(i)
             except RayActorError:  # not back yet (no capacity, node still dead): ask again
-                self.pings[self.workers[i].handle.ping.remote()] = i
+                if self.workers[i].state != RETIRED:
+                    self.pings[self.workers[i].handle.ping.remote()] = i
+
+    def _lost(self, i: int) -> None:
+        """Do not hand this worker more work until its actor answers again."""
+        w = self.workers[i]
+        if w.retire:
+            self._retire(w)
+            return
+        w.state = RECOVERING
+        self.pings[w.handle.ping.remote()] = i
 
     def results(self, timeout: float) -> Iterator[tuple[TrialSpec, TrialResult, str, int]]:
-        """Trials that finished within `timeout` seconds: (spec, result, log, worker index)."""
-        refs = list(self.pending) + list(self.pings)
+        """Trials that finished within `timeout` seconds: (spec, result, log, worker index).
+
+        Also where workers join, come back, or (following the cluster) are added or retired."""
+        self._follow()
+        refs = list(self.pending) + list(self.pings) + list(self.joining)
         if not refs:
             return
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
@@ -138,16 +297,16 @@ class WorkerPool:
         if ready:
             more, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             ready = list(dict.fromkeys(ready + more))
+        self._joined(ready)
         self._check_pings(ready)
         for ref in [r for r in ready if r in self.pending]:
             i, spec, t0, dispatched = self.pending.pop(ref)
             self.workers[i].busy_seconds += time.monotonic() - t0
             try:
                 result, text = ray.get(ref)
-                self.free.append(i)
+                self._release(i)
             except RayActorError as e:
-                # Do not hand this worker more work until its actor answers again.
-                self.pings[self.workers[i].handle.ping.remote()] = i
+                self._lost(i)
                 result, text = (
                     TrialResult(
                         status="lost", error=f"worker died: {_first(e)}", ended=time.time()
@@ -155,7 +314,7 @@ class WorkerPool:
                     "",
                 )
             except RayTaskError as e:  # a bug on our side of the actor, not the candidate's
-                self.free.append(i)
+                self._release(i)
                 result, text = (
                     TrialResult(
                         status="lost", error=f"worker error: {_first(e)}", ended=time.time()
@@ -166,9 +325,13 @@ class WorkerPool:
             yield spec, result, text, i
 
     def busy_fraction(self) -> float:
-        wall = (time.monotonic() - self.started) * max(1, len(self.workers))
-        running = sum(time.monotonic() - p[2] for p in self.pending.values())
-        return (sum(w.busy_seconds for w in self.workers) + running) / wall if wall else 0.0
+        """Time in trials over the time workers were ready (joined until retired)."""
+        now = time.monotonic()
+        held = sum(
+            (w.retired_at or now) - w.ready_at for w in self.workers if w.ready_at is not None
+        )
+        running = sum(now - p[2] for p in self.pending.values())
+        return (sum(w.busy_seconds for w in self.workers) + running) / held if held else 0.0
 
     def cancel_all(self) -> None:
         for ref in list(self.pending):
@@ -176,7 +339,8 @@ class WorkerPool:
 
     def shutdown(self) -> None:
         for w in self.workers:
-            ray.kill(w.handle)
+            if w.state != RETIRED:
+                ray.kill(w.handle)
 
 
 def _first(e: Exception) -> str:

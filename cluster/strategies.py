@@ -24,11 +24,16 @@ class RoundsStrategy:
     def __init__(self, cfg: CampaignConfig, driver, workers: int):
         self.cfg, self.driver, self.camp = cfg, driver, driver.camp
         self.workers = workers
-        self.per_round = cfg.per_round or workers
         # 4+ replicates: with 2, Student's t widens the gate 6x (one degree of freedom).
         self.replicates = max(2, cfg.replicates or max(4, workers))
         self.rounds_done = 0
         self.t_start = time.monotonic()
+
+    @property
+    def per_round(self) -> int:
+        """--per-round, else the workers wanted now (they follow the cluster with auto)."""
+        pool = getattr(self.driver, "pool", None)
+        return self.cfg.per_round or getattr(pool, "target", None) or self.workers
 
     def should_stop(self) -> bool:
         cfg, camp = self.cfg, self.camp

@@ -73,6 +73,8 @@ class AsyncStrategy(RoundsStrategy):
         self.screened: dict[str, dict] = {}
         self.stale_confirmed: set[str] = set()  # confirmations that passed on a stale parent
         self.first_round = self.camp.round
+        # --rounds R is R x this many candidates, fixed at start (the pool may follow the cluster)
+        self.round_size = self.per_round
         self.t_wait = time.monotonic()
 
     # ------------------------------------------------------------------ limits
@@ -89,7 +91,7 @@ class AsyncStrategy(RoundsStrategy):
         if cfg.trials is not None:
             limits.append(cfg.trials)
         if cfg.rounds is not None:
-            limits.append(cfg.rounds * self.per_round)
+            limits.append(cfg.rounds * self.round_size)
         return max(0, min(limits) - self.candidates_started()) if limits else None
 
     def limit_reached(self) -> bool:
@@ -125,21 +127,27 @@ class AsyncStrategy(RoundsStrategy):
                 camp.inflight[spec.trial_id].pop("queued", None)
                 camp._journal()
                 pool.submit(spec)
-            if not pool.busy() and not pool.recovering():
-                if self.followups or self.rebases:
-                    driver.check_alive(True)  # raises: work left and no worker to run it
+            if not pool.busy():
+                if self.followups or self.rebases:  # work left, and no worker free for it
+                    driver.check_alive(True)  # raises: none idle, starting or restarting
+                    driver.say_waiting(len(self.followups) + len(self.rebases))
+                    self.poll(5.0)  # until a worker joins or comes back
                     continue
                 if self.limit_reached():
                     break
-                self.wait_for_proposals()
-                continue
+                if pool.idle() and not pool.recovering():
+                    self.wait_for_proposals()
+                    continue
+                driver.check_alive(True)  # else poll: a worker may join or come back
             driver.note_in_flight()
-            timeout = 1.0 if pool.idle() and not self.limit_reached() else 5.0
-            rows, again = driver.poll(timeout, on_row=self.decide)
-            for row in rows:
-                self.arrived(row)
-            for spec in again:  # lost: run again before anything new
-                self._queue(spec, camp.inflight[spec.trial_id].get("proposal"), front=True)
+            self.poll(1.0 if pool.idle() and not self.limit_reached() else 5.0)
+
+    def poll(self, timeout: float) -> None:
+        rows, again = self.driver.poll(timeout, on_row=self.decide)
+        for row in rows:
+            self.arrived(row)
+        for spec in again:  # lost: run again before anything new
+            self._queue(spec, self.camp.inflight[spec.trial_id].get("proposal"), front=True)
 
     def _queue(self, spec: TrialSpec, proposal, front: bool = False) -> None:
         """A follow-up waits for a worker; journaled now (marked queued) so a resume runs it."""
@@ -252,7 +260,7 @@ class AsyncStrategy(RoundsStrategy):
         }
 
     def _next_round(self) -> None:
-        self.camp.round = self.first_round + 1 + self.candidates_started() // self.per_round
+        self.camp.round = self.first_round + 1 + self.candidates_started() // self.round_size
 
     def _onto_incumbent(self, p: Proposal) -> Proposal | None:
         """A pipeline proposal made for an older incumbent, re-based (None if it conflicts)."""
