@@ -124,6 +124,12 @@ def main() -> None:
             f"ran on more than {args.gpus} GPUs "
             + (f"{wider - grown:.1f}s after the nodes were added" if wider else "never")
         )
+        if wider:
+            end = max(r["ended"] for r in ok)
+            held = sum(max(0.0, r["ended"] - max(r["started"], wider)) for r in ok)
+            print(
+                f"busy fraction of the {gpus} GPUs from then on: {held / (gpus * (end - wider)):.3f}"
+            )
     dispatch = [1000 * (r["started"] - r["dispatched"]) for r in ok]
     record = [1000 * (r["recorded"] - r["ended"]) for r in ok]
     trial = [r["total_seconds"] for r in ok]
@@ -137,8 +143,8 @@ def main() -> None:
     phases = 1 + sum(1 for a, b in zip(times, times[1:], strict=False) if b - a > 1.0)
     ideal = sum(trial) / (gpus * phases * statistics.fmean(trial))
     print(
-        f"strategy {args.strategy}: {len(rows)} trials on {args.gpus} fake GPUs over "
-        f"{args.nodes} node(s), {args.sleep:g}s sleep each, campaign "
+        f"strategy {args.strategy}: {len(rows)} trials on {gpus} fake GPUs over "
+        f"{args.nodes + args.grow} node(s), {args.sleep:g}s sleep each, campaign "
         f"wall {wall:.1f}s (trials {last - first:.1f}s)"
     )
     print(

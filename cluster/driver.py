@@ -46,6 +46,7 @@ class Driver:
         self.camp, self.pool, self.pipeline, self.gpu_name = camp, pool, pipeline, gpu_name
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
+        self.ready = 0  # workers ready, as last written to config.json
 
     def refresh_pipeline(self) -> None:
         self.pipeline.update(self.camp.context())
@@ -124,14 +125,16 @@ class Driver:
         return rows, again
 
     def follow_pool(self) -> None:
-        """The pool grew or shrank with the cluster (--workers auto): record the new size."""
-        camp, n = self.camp, self.pool.target
-        if n == camp.workers:
+        """Workers joined or left (queued ones placed, --workers auto following the cluster):
+        record how many are asked for and ready, for `status`."""
+        camp, n, ready = self.camp, self.pool.target, self.pool.ready()
+        if (n, ready) == (camp.workers, self.ready):
             return
-        camp.workers = n
-        camp.ledger.write_config({**(camp.ledger.read_config() or {}), "workers": n})
-        if not camp.cfg.proposals_ahead:
+        if n != camp.workers and not camp.cfg.proposals_ahead:
             self.pipeline.resize(n)
+        camp.workers, self.ready = n, ready
+        config = camp.ledger.read_config() or {}
+        camp.ledger.write_config({**config, "workers": n, "workers_ready": ready})
 
     def _check_gpu(self, r: TrialResult) -> TrialResult:
         if r.status == "ok" and self.gpu_name and r.gpu_name != self.gpu_name:
@@ -272,6 +275,11 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
             f"{': ' + gpu_name if gpu_name else '; CPU trials share each machine'}"
             f"{'; following the cluster (--workers auto)' if plan['follow'] else ''}"
         )
+        if pool.starting():
+            camp._say(
+                f"{pool.starting()} of {pool.target} workers wait for resources (the cluster "
+                f"holds {pool.capacity()} now): their trials queue, and they join when it grows"
+            )
         seen = {
             source_hash(gitops.read_blob(camp.repo, r["commit_sha"], cfg.target))
             for r in camp.rows
@@ -283,6 +291,7 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
         )
         pipeline.start(camp.context(), seen)
         driver = Driver(camp, pool, pipeline, gpu_name)
+        driver.follow_pool()
         build_strategy(cfg, driver, plan["workers"]).run()
     except KeyboardInterrupt:
         camp._say("interrupted: running trials are cancelled and will be re-run on resume")

@@ -137,7 +137,8 @@ class WorkerPool:
         """Wait until the workers that fit in the cluster are placed and prepared.
 
         Returns the ready workers' descriptions. Workers beyond the cluster's capacity stay
-        pending and join later; a worker whose start fails raises ResourceError."""
+        pending (`starting()`) and join later; a worker whose start fails raises
+        ResourceError."""
         want = max(1, min(self.target, self.capacity()))
         deadline = time.monotonic() + timeout
         first = None
@@ -155,12 +156,6 @@ class WorkerPool:
                 f"none of {self.target} trial workers started within {timeout:.0f}s: "
                 "the cluster may lack the GPUs/CPUs asked for (`ray status`), or "
                 "`autoresearch prepare` is slow on a node"
-            )
-        waiting = len(self.joining)
-        if waiting:
-            self.say(
-                f"{waiting} of {self.target} workers wait for resources (the cluster holds "
-                f"{self.capacity()} now): their trials queue and they join when it grows"
             )
         return [w.info for w in self.workers if w.state in (FREE, BUSY)]
 

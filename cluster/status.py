@@ -22,7 +22,9 @@ def status_text(run_dir: Path, tag: str) -> str:
     journaled = json.loads(journal.read_text()) if journal.exists() else {}
     running = {k: v for k, v in journaled.items() if not v.get("queued")}
     queued = len(journaled) - len(running)  # async: follow-ups waiting for a worker
-    s = campaign_summary(rows, workers=config.get("workers"))
+    workers = config.get("workers", "?")
+    ready = config.get("workers_ready", workers)  # fewer when some wait for resources
+    s = campaign_summary(rows, workers=ready if isinstance(ready, int) else None)
     merged = [r for r in rows if r.get("merged")]
     inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
     if (run_dir / "islands.json").exists():  # population: the best island's incumbent
@@ -33,7 +35,8 @@ def status_text(run_dir: Path, tag: str) -> str:
     noise = Gate.noise(rows)
     lines = [
         f"campaign {tag}: branch autoresearch/{tag}, budget {config.get('budget')}, "
-        f"{config.get('workers', '?')} workers ({config.get('device_kind', '?')})",
+        f"{workers} workers ({config.get('device_kind', '?')})"
+        + (f", {ready} ready" if ready != workers else ""),
         f"incumbent  {inc_sha[:10]}  val_bpb "
         + (f"{statistics.fmean(inc_runs):.4f} over {len(inc_runs)} run(s)" if inc_runs else "-")
         + f", after {len(merged)} merged change(s)",

@@ -94,6 +94,9 @@ def test_more_workers_than_gpus_queue_for_them(data, tmp_path, capsys):
     assert len(candidates) == 4  # a round is the 4 workers asked for, not the 2 GPUs
     assert all(r["status"] in ("keep", "discard") for r in rows)
     assert _overlap(rows) == 2  # never more at once than there are GPUs, and both used
+    from cluster.status import status_text
+
+    assert "4 workers (cpu), 2 ready" in status_text(camp.run_dir, "queue")
 
 
 def test_workers_auto_follows_the_cluster_as_it_grows_and_shrinks(
