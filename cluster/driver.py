@@ -253,7 +253,7 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
             b"" if sha == camp.base_sha else gitops.bundle(camp.repo, sha, camp.base_sha)
         ),
         trial_timeout=cfg.trial_timeout,
-        follow=(lambda: cluster_gpus(cfg.gpu_type)) if plan["follow"] else None,
+        follow=plan["follow"],
         say=camp._say,
     )
     pipeline = None
@@ -267,6 +267,7 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
             )
         gpu_name = names[0] if names else ""
         pool.gpu_name = gpu_name
+        pool.pin_type()
         if cfg.gpu_type and cfg.gpu_type not in gpu_name:
             raise CampaignError(f"--gpu-type {cfg.gpu_type} but workers report {gpu_name!r}")
         nodes = sorted({i["node"] for i in infos})

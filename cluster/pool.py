@@ -11,6 +11,7 @@ actors stay pending in Ray (an autoscaler sees their demand) and join when GPUs 
 `follow` (`--workers auto` on GPUs) the pool re-reads the cluster's GPUs every
 FOLLOW_SECONDS and adds actors as it grows or retires surplus ones as it shrinks (not yet
 placed first, then those whose node died, then idle ones; a busy one finishes its trial).
+Only GPUs of the campaign's type count: --gpu-type, or the type of the first workers' nodes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from cluster.records import TrialResult, TrialSpec
 log = logging.getLogger(__name__)
 
 FOLLOW_SECONDS = 10.0  # how often `--workers auto` re-reads the cluster's GPUs
+FOLLOW_PAUSE = 300.0  # after a worker had to be dropped, before following adds more
 START_GRACE = 30.0  # after one worker is ready, how long start() waits for the others that fit
 # A worker's states. Its GPU counts as the campaign's from ready to retired.
 STARTING, FREE, BUSY, RECOVERING, RETIRED = "starting", "free", "busy", "recovering", "retired"
@@ -93,7 +95,7 @@ class WorkerPool:
         actor_args: dict,
         bundle_for: Callable[[str], bytes],
         trial_timeout: float | None,
-        follow: Callable[[], int] | None = None,
+        follow: bool = False,
         say: Callable[[str], None] | None = None,
     ):
         self.cls = actor_class(gpus_per_trial, cpus_per_trial, accelerator_type)
@@ -103,6 +105,7 @@ class WorkerPool:
         self.actor_args = actor_args
         self.target = n  # workers wanted: --workers N, or the cluster's GPUs when following
         self.follow, self.say = follow, say or (lambda msg: log.info(msg))
+        self.follow_after = 0.0  # monotonic time before which following is paused
         self.workers: list[WorkerInfo] = []
         self.free: list[int] = []
         self.joining: dict = {}  # ObjectRef of describe() -> index of a worker not ready yet
@@ -172,22 +175,43 @@ class WorkerPool:
             except RayTaskError as e:
                 if strict:
                     raise ResourceError(f"a trial worker failed to start: {_first(e)}") from e
-                self.say(f"worker {i} failed to start and is dropped: {_first(e)}")
-                self._retire(w)
+                self._drop(w, f"failed to start: {_first(e)}")
                 continue
             if w.state == RETIRED:
                 continue
             if self.gpu_name is not None and info.get("gpu_name", "") != self.gpu_name:
-                self.say(
-                    f"worker {i} on {info.get('node')} has {info.get('gpu_name') or 'no GPU'}, "
-                    f"not {self.gpu_name or 'cpu'}; dropped (pin --gpu-type)"
-                )
-                self._retire(w)
+                have = info.get("gpu_name") or "no GPU"
+                self._drop(w, f"on {info.get('node')} has {have}, not {self.gpu_name or 'cpu'}")
                 continue
             w.info, w.state, w.ready_at = info, FREE, time.monotonic()
             self.free.append(i)
             if not strict:
                 self.say(f"worker {i} joined on {info.get('node')}: {self.ready()} ready")
+
+    def pin_type(self) -> None:
+        """Following with no --gpu-type: count and place only GPUs of the ready workers' type
+        (Ray labels GPU nodes accelerator_type:NAME), so a node of another type that joins the
+        cluster neither counts nor takes a worker that would be dropped for its GPU."""
+        if not self.follow or self.accelerator_type:
+            return
+        ids = {w.info.get("node_id") for w in self.workers if w.state in (FREE, BUSY)}
+        types = {
+            k.split(":", 1)[1]
+            for n in ray.nodes()
+            if n.get("NodeID") in ids
+            for k in n.get("Resources", {})
+            if k.startswith("accelerator_type:")
+        }
+        if len(types) == 1:
+            self.accelerator_type = types.pop()
+            self.cls = actor_class(self.gpus_per_trial, self.cpus_per_trial, self.accelerator_type)
+
+    def _drop(self, w: WorkerInfo, why: str) -> None:
+        """A worker that joined wrong is retired; following pauses so it is not re-made at once."""
+        self.say(f"worker {w.index} {why}; dropped")
+        self._retire(w)
+        if self.follow:
+            self.follow_after = time.monotonic() + FOLLOW_PAUSE
 
     def _retire(self, w: WorkerInfo) -> None:
         if w.state == RETIRED:
@@ -202,10 +226,11 @@ class WorkerPool:
 
     def _follow(self) -> None:
         """--workers auto: one worker per GPU of the campaign's type in the cluster now."""
-        if self.follow is None or time.monotonic() - self.followed < FOLLOW_SECONDS:
+        now = time.monotonic()
+        if not self.follow or now - self.followed < FOLLOW_SECONDS or now < self.follow_after:
             return
-        self.followed = time.monotonic()
-        want = max(1, self.follow())
+        self.followed = now
+        want = max(1, cluster_gpus(self.accelerator_type) // max(1, int(self.gpus_per_trial)))
         live = self.live()
         if want == len(live):
             return

@@ -90,3 +90,19 @@ def test_an_unknown_campaign_is_a_clear_error(tmp_path):
     )
     assert proc.returncode != 0
     assert "no campaign 'nope'" in proc.stderr
+
+
+def test_workers_takes_a_positive_number_or_auto():
+    from cluster.cli import _campaign_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _campaign_config(parse(["run", "--tag", "t"])).workers is None  # auto
+    assert _campaign_config(parse(["run", "--tag", "t", "--workers", "6"])).workers == 6
+    for bad in ("0", "-2", "many"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster.cli", "run", "--tag", "t", "--workers", bad],
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2
+        assert f"'{bad}': give a number of workers (1 or more) or auto" in proc.stderr

@@ -99,7 +99,7 @@ def test_more_workers_than_gpus_queue_for_them(data, tmp_path, capsys):
     assert "4 workers (cpu), 2 ready" in status_text(camp.run_dir, "queue")
 
 
-def test_workers_auto_follows_the_cluster_as_it_grows_and_shrinks(
+def test_workers_auto_follows_the_cluster_of_its_gpu_type_as_it_grows_and_shrinks(
     data, tmp_path, capsys, monkeypatch
 ):
     import ray
@@ -110,7 +110,8 @@ def test_workers_auto_follows_the_cluster_as_it_grows_and_shrinks(
         initialize_head=True,
         head_node_args={"num_cpus": 0, "num_gpus": 0, "include_dashboard": False},
     )
-    c.add_node(num_cpus=1, num_gpus=1)
+    h100 = {"accelerator_type:H100": 1}  # as Ray labels a GPU node
+    c.add_node(num_cpus=1, num_gpus=1, resources=h100)
     ray.init(address=c.address, log_to_driver=False)
     c.wait_for_nodes()
     repo = _repo(tmp_path / "repo", 2.0)
@@ -145,7 +146,9 @@ def test_workers_auto_follows_the_cluster_as_it_grows_and_shrinks(
         deadline = time.monotonic() + 240
         if wait_rows(1, deadline):
             box["grown"] = time.time()
-            node = c.add_node(num_cpus=1, num_gpus=2)
+            # GPUs of another type do not count: the campaign follows its workers' type.
+            c.add_node(num_cpus=1, num_gpus=2, resources={"accelerator_type:A100": 1})
+            node = c.add_node(num_cpus=1, num_gpus=2, resources=h100)
             # Once trials have run on the bigger cluster for a while, take the new node away.
             if wait_rows(len(landed()) + 9, deadline):
                 box["shrunk"] = time.time()
@@ -163,7 +166,7 @@ def test_workers_auto_follows_the_cluster_as_it_grows_and_shrinks(
     assert "1 -> 3 workers" in out and "3 -> 1 workers" in out
     rows = camp.ledger.rows()
     grown = [r for r in rows if box["grown"] < (r["started"] or 0) < box["shrunk"]]
-    assert _overlap(grown, since=box["grown"]) == 3  # the new node's GPUs ran trials
+    assert _overlap(grown, since=box["grown"]) == 3  # the new H100s ran trials, no A100
     assert _overlap(rows, since=box["shrunk"] + 5) <= 1  # and none after it went
     # A trial lost with the removed node was run again on what was left.
     for lost in (r for r in rows if r["status"] == "lost"):
