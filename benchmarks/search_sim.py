@@ -20,10 +20,13 @@ with c_i set so that each constant holds --headroom of improvement at the start 
 0.045 = 3 sigma of the default noise per constant). A measured value is the true value plus
 Gaussian noise of std --noise (0.015 by default, the order of the CPU referee's run-to-run
 noise). Proposals come from the REAL cluster.proposers.mutate.MutateProposer on that source
-(one or two constants scaled x0.5-2 or stepped +-1), and the constants of each proposal are
-parsed back from its patch with ast. The gate is the REAL cluster.gate.Gate (noise_dof,
-promising, confirmed, threshold with the Student-t widening), fed ledger-shaped rows
-(commit_sha, val_bpb, status).
+(one or two constants scaled x0.5-2 or stepped +-1), which sees the ledger-shaped rows so far
+and the noise, as in the driver (it learns which constants gained; with the gate off, and so
+no replicates, it is given the true noise), N proposals at a time as
+the driver's pipeline keeps N ready; the constants of each proposal are parsed back from its
+patch with ast. The gate is the REAL cluster.gate.Gate (noise_dof, promising, confirmed,
+threshold with the Student-t widening), fed ledger-shaped rows (commit_sha, val_bpb, status).
+benchmarks/search_real.py runs the real driver on the same objective to check this model.
 
 The strategies (N = workers; R = incumbent replicates = max(4, N), as RoundsStrategy):
   greedy      N=1, autoresearch's rule: one baseline run, then one candidate at a time,
@@ -60,8 +63,8 @@ configuration): time to target (simulated hours until the true value of the camp
 incumbent first closes --target of the starting headroom; median over seeds, 'never' when
 fewer than half reach it), how many reached it, the true value at the end of --hours, merges,
 and merges that were truly worse (true value of the merged commit above its parent's), with
-ratios to sequential greedy. Duplicate proposals are not filtered (the real driver drops
-exact duplicates), which slightly favours no strategy in particular.
+ratios to sequential greedy. As in the driver, a proposal whose constants were already
+proposed is dropped (the driver compares sources).
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ CONSTANTS = {
     "BATCH_SIZE": (16, 8, "sequences per step"),
 }
 BASE = 1.0  # true val_bpb at the optimum
+ATTEMPTS = 5  # proposal batches tried for new constants before a repeat is run
 
 
 @dataclass
@@ -171,6 +175,8 @@ class Sim:
         self.truth: dict[str, float] = {}
         self.src: dict[str, str] = {}
         self.changes: dict[str, dict[str, float]] = {}
+        self.described: dict[str, str] = {}  # proposal descriptions, which mutate learns from
+        self.seen = {tuple(sorted(obj.start().items()))}  # constants proposed so far
         self.rows: list[dict] = []
         self.rows_by: dict[str, list[dict]] = {}
         self.replicated: list[str] = []  # commits with 2+ runs: all that Gate.noise_dof uses
@@ -203,15 +209,35 @@ class Sim:
         return self.src[sha]
 
     def propose(self, parent: str, n: int) -> list[str]:
+        # As in the driver, the proposer sees the ledger so far and the noise: mutate learns
+        # which constants gained (cluster/proposers/mutate.py). With the gate off there are no
+        # replicates to estimate the noise from; it is given the true noise, so that the arms
+        # with and without the gate learn alike and differ only in what they merge.
         ctx = ProposalContext(
-            incumbent_sha=parent, incumbent_source=self.source(parent), target=TARGET_FILE
+            incumbent_sha=parent,
+            incumbent_source=self.source(parent),
+            target=TARGET_FILE,
+            history=self.rows,
+            noise=self.noise_dof()[0] or self.sigma,
         )
         out: list[str] = []
-        for _ in range(20):
-            for p in self.proposer.propose(ctx, n - len(out)):
+        for attempt in range(ATTEMPTS):
+            # Ask for more than needed: late in a campaign most proposals are repeats, and
+            # each call re-reads the ledger.
+            for p in self.proposer.propose(ctx, 4 * (n - len(out))):
+                if len(out) >= n:
+                    break
                 change = changes_of(p.patch)
-                sha = self._commit({**self.consts[parent], **change})
+                consts = {**self.consts[parent], **change}
+                key = tuple(sorted(consts.items()))
+                # The driver drops a proposal whose source was already run (or is running);
+                # with nothing new after many tries, a repeat is run rather than idle a worker.
+                if key in self.seen and attempt < ATTEMPTS - 1:
+                    continue
+                self.seen.add(key)
+                sha = self._commit(consts)
                 self.changes[sha] = change
+                self.described[sha] = p.description
                 out.append(sha)
             if len(out) >= n:
                 break
@@ -222,7 +248,15 @@ class Sim:
 
     def record(self, job: Job) -> float:
         val = self.truth[job.sha] + self.rng.gauss(0.0, self.sigma)
-        row = {"commit_sha": job.sha, "val_bpb": val, "status": "discard", "kind": job.kind}
+        row = {
+            "commit_sha": job.sha,
+            "parent_sha": job.parent,
+            "val_bpb": val,
+            "status": "discard",
+            "kind": job.kind,
+            "proposer": "mutate",
+            "description": self.described.get(job.sha, ""),
+        }
         self.rows.append(row)
         group = self.rows_by.setdefault(job.sha, [])
         group.append(row)
@@ -354,7 +388,13 @@ class Sim:
         island = self.rr % self.k
         self.rr += 1
         inc = self.inc[island]
-        return Job("candidate", self.propose(inc, 1)[0], inc, island)
+        # Proposals are made N at a time for the current incumbent, as the driver's pipeline
+        # keeps N ready; a new incumbent gets fresh ones.
+        ready = self.ready.setdefault(island, deque())
+        if not ready or ready[0][1] != inc:
+            ready.clear()
+            ready.extend((sha, inc) for sha in self.propose(inc, self.n))
+        return Job("candidate", ready.popleft()[0], inc, island)
 
     def on_result(self, job: Job, val: float) -> None:
         i, inc = job.island, self.inc[job.island]
@@ -404,6 +444,7 @@ class Sim:
 
     def run_events(self) -> None:
         self.queue: deque[Job] = deque()
+        self.ready: dict[int, deque[tuple[str, str]]] = {}  # island -> (proposal, its parent)
         self.rr = self.results = 0
         if self.gate_on:
             self.top_up(0)
