@@ -18,7 +18,6 @@ printed side by side. Agreement means the simulator's comparisons describe the r
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import statistics
 import subprocess
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from search_sim import BASE, CONSTANTS, Objective, Sim  # noqa: E402
 
 from cluster.gate import Gate  # noqa: E402
+from cluster.proposers.mutate import numeric_constants  # noqa: E402
 
 TRIAL = """
 import math
@@ -61,13 +61,7 @@ def train_source(obj: Objective, sleep: float, noise: float) -> str:
 
 
 def constants_of(source: str) -> dict[str, float]:
-    out = {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            name = node.targets[0].id
-            if name in CONSTANTS:
-                out[name] = node.value.value
-    return out
+    return {k: node.value for k, node in numeric_constants(source) if k in CONSTANTS}
 
 
 def real_campaign(args, obj: Objective, root: Path, rep: int) -> dict:

@@ -66,16 +66,19 @@ def cluster_gpus(gpu_type: str | None) -> int:
     return total
 
 
+def accelerator_types(node_ids: set[str] | None = None) -> set[str]:
+    """The GPU types Ray labels the live nodes with (`accelerator_type:NAME`), of some nodes."""
+    return {
+        k.split(":", 1)[1]
+        for n in ray.nodes()
+        if n.get("Alive") and (node_ids is None or n.get("NodeID") in node_ids)
+        for k in n.get("Resources", {})
+        if k.startswith("accelerator_type:")
+    }
+
+
 def check_gpu_type(gpu_type: str) -> None:
-    have = sorted(
-        {
-            k.split(":", 1)[1]
-            for n in ray.nodes()
-            if n.get("Alive")
-            for k in n.get("Resources", {})
-            if k.startswith("accelerator_type:")
-        }
-    )
+    have = sorted(accelerator_types())
     if gpu_type not in have:
         raise ResourceError(
             f"no GPU of type {gpu_type} in the cluster; it has "
@@ -114,7 +117,6 @@ class WorkerPool:
         self.bundle_for = bundle_for
         self.trial_timeout = trial_timeout
         self.gpu_name: str | None = None  # set by the driver from the first workers
-        self.started = time.monotonic()
         self.followed = time.monotonic()
         self._spawn(n)
 
@@ -128,12 +130,11 @@ class WorkerPool:
 
     def capacity(self) -> int:
         """Trial actors the cluster's resources could hold at once."""
-        res = ray.cluster_resources()
         fits = []
         if self.gpus_per_trial:
             fits.append(cluster_gpus(self.accelerator_type) / self.gpus_per_trial)
         if self.cpus_per_trial:
-            fits.append(res.get("CPU", 0) / self.cpus_per_trial)
+            fits.append(ray.cluster_resources().get("CPU", 0) / self.cpus_per_trial)
         return int(min(fits)) if fits else self.target
 
     def start(self, timeout: float = 600) -> list[dict]:
@@ -194,14 +195,9 @@ class WorkerPool:
         cluster neither counts nor takes a worker that would be dropped for its GPU."""
         if not self.follow or self.accelerator_type:
             return
-        ids = {w.info.get("node_id") for w in self.workers if w.state in (FREE, BUSY)}
-        types = {
-            k.split(":", 1)[1]
-            for n in ray.nodes()
-            if n.get("NodeID") in ids
-            for k in n.get("Resources", {})
-            if k.startswith("accelerator_type:")
-        }
+        types = accelerator_types(
+            {w.info.get("node_id") for w in self.workers if w.state in (FREE, BUSY)}
+        )
         if len(types) == 1:
             self.accelerator_type = types.pop()
             self.cls = actor_class(self.gpus_per_trial, self.cpus_per_trial, self.accelerator_type)
@@ -218,6 +214,9 @@ class WorkerPool:
             return
         if w.index in self.free:
             self.free.remove(w.index)
+        for table in (self.joining, self.pings):  # nothing more to wait for from it
+            for ref in [r for r, i in table.items() if i == w.index]:
+                del table[ref]
         w.state, w.retired_at = RETIRED, time.monotonic()
         ray.kill(w.handle)
 
@@ -230,7 +229,7 @@ class WorkerPool:
         if not self.follow or now - self.followed < FOLLOW_SECONDS or now < self.follow_after:
             return
         self.followed = now
-        want = max(1, cluster_gpus(self.accelerator_type) // max(1, int(self.gpus_per_trial)))
+        want = max(1, self.capacity())
         live = self.live()
         if want == len(live):
             return
@@ -244,9 +243,6 @@ class WorkerPool:
             if w.state == BUSY:
                 w.retire = True
                 continue
-            for table in (self.joining, self.pings):
-                for ref in [r for r, i in table.items() if i == w.index]:
-                    del table[ref]
             self._retire(w)
 
     # ------------------------------------------------------------------ counts

@@ -47,16 +47,22 @@ def data(cache_dir) -> Path:
 PLANTED = dict(LEARNING_RATE=0.0004, EMBEDDING_LR=0.002, UNEMBEDDING_LR=0.0004)
 
 
-def make_repo(path: Path, **constants) -> Path:
-    """A research repo with a tiny trainer/train.py, committed."""
+def commit_repo(path: Path, files: dict[str, str]) -> Path:
+    """A new git repo at `path` holding `files` (relative path -> text) in one commit."""
     from cluster.gitops import IDENTITY
 
-    (path / "trainer").mkdir(parents=True)
-    (path / "trainer" / "train.py").write_text(tiny_train_source(**constants))
-    (path / ".gitignore").write_text("runs/\n")
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
         subprocess.run(["git", *args], cwd=path, check=True, env={**os.environ, **IDENTITY})
     return path
+
+
+def make_repo(path: Path, **constants) -> Path:
+    """A research repo with a tiny trainer/train.py, committed."""
+    files = {"trainer/train.py": tiny_train_source(**constants), ".gitignore": "runs/\n"}
+    return commit_repo(path, files)
 
 
 def campaign_config(repo: Path, tag: str, **kw):

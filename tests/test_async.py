@@ -20,6 +20,8 @@ from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
 from cluster.patches import apply_patch, make_patch
 
+from conftest import commit_repo
+
 TRAIN = '''"""Sleep-only trial: a score of its constants."""
 import random
 import time
@@ -60,12 +62,7 @@ print("num_steps:        1")
 
 
 def _repo(path: Path, noise: float = 0.0) -> tuple[Path, str]:
-    path.mkdir()
-    (path / "train.py").write_text(TRAIN.format(noise=noise))
-    (path / ".gitignore").write_text("runs/\nqueue/\n")
-    env = {**os.environ, **gitops.IDENTITY}
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
-        subprocess.run(["git", *cmd], cwd=path, check=True, env=env)
+    commit_repo(path, {"train.py": TRAIN.format(noise=noise), ".gitignore": "runs/\nqueue/\n"})
     return path, (path / "train.py").read_text()
 
 

@@ -8,19 +8,17 @@ protocol: a train.py that sleeps, then prints a score of its constants.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from cluster import gitops, pool
+from cluster import pool
 from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
 
-from conftest import TEST_VOCAB
+from conftest import TEST_VOCAB, commit_repo
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +36,7 @@ print("num_steps:        1")
 
 
 def _repo(path: Path, sleep: float) -> Path:
-    path.mkdir()
-    (path / "train.py").write_text(TRAIN.format(sleep=sleep))
-    (path / ".gitignore").write_text("runs/\n")
-    env = {**os.environ, **gitops.IDENTITY}
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "incumbent"]):
-        subprocess.run(["git", *cmd], cwd=path, check=True, env=env)
-    return path
+    return commit_repo(path, {"train.py": TRAIN.format(sleep=sleep), ".gitignore": "runs/\n"})
 
 
 def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
