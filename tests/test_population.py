@@ -18,7 +18,8 @@ from cluster import gitops
 from cluster.campaign import island_branch
 from cluster.driver import run_campaign
 from cluster.status import status_text
-from tests.test_async import _config, _parent, _queue, _repo, _source
+
+from test_async import _config, _parent, _queue, _repo, _source
 
 
 @pytest.mark.slow
