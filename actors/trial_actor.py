@@ -85,7 +85,8 @@ class TrialActor:
     ) -> tuple[TrialResult, str]:
         """Run one trial; returns its result and its log text. Never raises for the trial."""
         from trainer.budget import Budget
-        from trainer.referee import TrialConfig, run_autoresearch_protocol, run_trial
+        from trainer.protocol import run_autoresearch_protocol
+        from trainer.referee import TrialConfig, run_trial
 
         if self.data is None:
             self.describe(base_bundle)

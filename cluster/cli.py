@@ -35,8 +35,9 @@ def _add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sandbox",
         default="auto",
-        choices=["auto", "on", "off"],
-        help="mount/pid namespaces for trials when the kernel allows (auto)",
+        choices=["auto", "on", "namespaces", "landlock", "off"],
+        help="trial confinement: auto takes the best the node has (namespaces, else landlock) "
+        "and refuses llm/queue proposals where it has none; on requires one",
     )
     p.add_argument("--timeout", type=float, default=None, help="hard kill after this many s")
     p.add_argument(
@@ -63,13 +64,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_trial(args: argparse.Namespace) -> int:
     from trainer.budget import Budget
     from trainer.prepare import prepare
-    from trainer.referee import (
-        TrialConfig,
-        format_summary,
-        resolve_device,
-        run_autoresearch_protocol,
-        run_trial,
-    )
+    from trainer.protocol import format_summary, run_autoresearch_protocol
+    from trainer.referee import TrialConfig, resolve_device, run_trial
 
     repo = args.repo.resolve()
     log = Path(args.log) if args.log else repo / "runs" / "trial.log"

@@ -67,6 +67,7 @@ class TrialResult:
     error: str = ""  # tail of the error or log when the trial failed
     log_path: str = ""
     self_reported: bool = False  # protocol=autoresearch: the metric came from train.py's output
+    confinement: str = ""  # what held the trial: namespaces, landlock or none
     started: float | None = None
     ended: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,23 @@ def tiny_train_source(**values: float) -> str:
     """The real train.py, shrunk so a trial takes seconds on a laptop CPU."""
     base = dict(CPU_DEPTH=1, CPU_WIDTH=64, CPU_BATCH_SIZE=8)
     return set_constants(TRAIN_PY.read_text(), **{**base, **values})
+
+
+def inject(source: str, code: str) -> str:
+    """train.py source with `code` inserted at the start of train(ctx)."""
+    code = textwrap.indent(textwrap.dedent(code), "    ")
+    return source.replace("def train(ctx):\n", "def train(ctx):\n" + code, 1)
+
+
+def trial(tmp_path: Path, data: Path, source: str, budget: str = "15steps", **cfg):
+    """Run `source` as train.py through the real referee, one thread."""
+    from trainer.budget import Budget
+    from trainer.referee import TrialConfig, run_trial
+
+    path = tmp_path / "train.py"
+    path.write_text(source)
+    config = TrialConfig(data=data, budget=Budget.parse(budget), threads=1, **cfg)
+    return run_trial(path, config, tmp_path / "trial.log")
 
 
 @pytest.fixture(scope="session")

@@ -106,9 +106,24 @@ def test_budget_parsing_and_clock():
     with pytest.raises(ValueError, match="cannot read budget"):
         Budget.parse("five minutes")
     clock = BudgetClock(Budget.parse("3steps"))
-    assert [clock.next_batch(10) for _ in range(5)] == [0.0, 1 / 3, 2 / 3, None, None]
-    tokens = BudgetClock(Budget.parse("25tokens"))
-    assert sum(1 for _ in iter(lambda: tokens.next_batch(10), None)) == 3
+    assert [clock.grant(1, 10).progress for _ in range(3)] == [0.0, 1 / 3, 2 / 3]
+    assert [clock.grant(1, 10).rows for _ in range(2)] == [0, 0]
+
+
+def test_a_token_budget_is_never_exceeded_by_a_large_request():
+    tokens = BudgetClock(Budget.parse("250ktokens"))
+    first = tokens.grant(2**14, 256)  # 4.2M tokens asked at once
+    assert first.rows * 256 <= 250_000
+    while tokens.grant(64, 256).rows:
+        pass
+    assert 250_000 - 256 < tokens.tokens <= 250_000
+
+
+def test_time_budget_warmup_batches_are_marked_and_not_counted():
+    clock = BudgetClock(Budget.parse("60s"), warmup_steps=2, warmup_allowance=30)
+    grants = [clock.grant(8, 16) for _ in range(3)]
+    assert [g.warmup for g in grants] == [True, True, False]
+    assert (clock.warmup_tokens, clock.tokens) == (2 * 8 * 16, 8 * 16)
 
 
 def test_cache_location_is_overridable(cache_dir):

@@ -4,8 +4,9 @@
 
 `time` budgets count wall-clock seconds of training after a bounded warm-up (the first steps,
 where torch.compile and allocator warm-up live, are excluded as autoresearch does, but never
-more than `warmup_allowance` seconds). `steps` and `tokens` budgets are deterministic: for
-tests and comparisons across hardware.
+more than `warmup_allowance` seconds, and they are served random tokens). `steps` and `tokens`
+budgets are deterministic: for tests and comparisons across hardware; a token budget is never
+exceeded, however large a batch is asked for.
 """
 
 from __future__ import annotations
@@ -60,52 +61,126 @@ class Budget:
         return f"{self.amount / 1e6:g}Mtokens"
 
 
-class BudgetClock:
-    """Serves the budget to the batch server: says whether another batch is allowed.
+@dataclass(frozen=True)
+class Grant:
+    """The clock's answer to a batch request: how many rows, of what, at what progress."""
 
-    Call `next_batch(tokens)` before handing out each batch; it returns the progress in [0, 1)
-    to give train.py for its schedules, or None once the budget is spent.
+    rows: int  # 0: the budget is spent
+    warmup: bool = False  # a warm-up batch: random tokens, not training data
+    progress: float = 1.0
+
+
+class BudgetClock:
+    """The referee's own account of a trial's budget, asked before every batch is served.
+
+    `grant(rows, cols)` answers each request. A batch never exceeds what is left of a token
+    budget. Under a time budget the first `warmup_steps` batches (within `warmup_allowance`
+    seconds) are excluded from the clock, for torch.compile and allocator warm-up, and are
+    random tokens: time spent on them buys no training on the data. Every time is measured
+    here, never taken from what the trial says about itself.
     """
 
     def __init__(self, budget: Budget, warmup_steps: int = 1, warmup_allowance: float = 30.0):
         self.budget = budget
-        self.warmup_steps = warmup_steps
+        self.warmup_steps = warmup_steps if budget.kind == "time" else 0
         self.warmup_allowance = warmup_allowance
-        self.steps = 0
-        self.tokens = 0
+        self.steps = 0  # training batches served
+        self.tokens = 0  # training tokens served
+        self.warmup_batches = 0
+        self.warmup_tokens = 0
         self.first_batch_at: float | None = None
         self.clock_start: float | None = None
-        self.ended_at: float | None = None
+        self.ended_at: float | None = None  # when a request found the budget spent
+        self.exhausted_at: float | None = None  # when the last batch it allows was served
+        self.intervals: list[float] = []  # seconds between training batch requests
+        self.returned_at: float | None = None  # when the trial said train() returned
+        self.last_request_at: float | None = None
+        self.last_grant_at: float | None = None
+
+    def deadline(self) -> float | None:
+        """Under a time budget, when training must stop (known once the clock started)."""
+        if self.budget.kind != "time" or self.clock_start is None:
+            return None
+        return self.clock_start + self.budget.amount
+
+    def budget_end(self, now: float | None = None) -> float | None:
+        """When the budget ran out: the time deadline, the serving of the last batch it
+        allows, or the request that found it spent, whichever came first."""
+        d = self.deadline()
+        now = time.monotonic() if now is None else now
+        ends = [t for t in (self.ended_at, self.exhausted_at) if t is not None]
+        if d is not None and d <= now:
+            ends.append(d)
+        return min(ends) if ends else None
+
+    def step_seconds(self) -> float:
+        """The median time between training batches: what one honest last step may take."""
+        if not self.intervals:
+            return 0.0
+        return sorted(self.intervals)[len(self.intervals) // 2]
 
     def training_seconds(self, now: float | None = None) -> float:
         if self.clock_start is None:
             return 0.0
-        end = self.ended_at if self.ended_at is not None else (now or time.monotonic())
-        return max(0.0, end - self.clock_start)
+        now = time.monotonic() if now is None else now
+        ends = [t for t in (self.budget_end(now), self.returned_at, now) if t is not None]
+        return max(0.0, min(ends) - self.clock_start)
 
-    def next_batch(self, tokens: int) -> float | None:
-        now = time.monotonic()
-        if self.ended_at is not None:
-            return None
-        if self.first_batch_at is None:
-            self.first_batch_at = now
-        # The clock starts at the batch after warm-up, or when warm-up overruns its allowance.
-        if self.clock_start is None and (
-            self.steps >= self.warmup_steps or now - self.first_batch_at >= self.warmup_allowance
-        ):
-            self.clock_start = min(now, self.first_batch_at + self.warmup_allowance)
+    def overrun(self, now: float | None = None) -> float:
+        """Seconds the trial went on after its budget ran out without returning its model."""
+        now = time.monotonic() if now is None else now
+        end = self.budget_end(now)
+        if end is None:
+            return 0.0
+        stop = self.returned_at if self.returned_at is not None else now
+        return max(0.0, stop - end)
+
+    def progress(self, now: float) -> float:
         b = self.budget
         if b.kind == "time":
-            progress = self.training_seconds(now) / b.amount
-        elif b.kind == "steps":
-            progress = self.steps / b.amount
-        else:
-            progress = self.tokens / b.amount
-        if progress >= 1.0 or (b.kind == "steps" and self.steps >= math.ceil(b.amount)):
+            return self.training_seconds(now) / b.amount
+        if b.kind == "steps":
+            return self.steps / b.amount
+        return self.tokens / b.amount
+
+    def returned(self) -> None:
+        if self.returned_at is None:
+            self.returned_at = time.monotonic()
+
+    def grant(self, rows: int, cols: int) -> Grant:
+        now = time.monotonic()
+        self.last_request_at = now
+        if self.ended_at is not None or self.returned_at is not None:
+            return Grant(0)
+        if self.first_batch_at is None:
+            self.first_batch_at = now
+        if self.clock_start is None:
+            in_warmup = (
+                self.warmup_batches < self.warmup_steps
+                and now - self.first_batch_at < self.warmup_allowance
+            )
+            if in_warmup:
+                self.warmup_batches += 1
+                self.warmup_tokens += rows * cols
+                return Grant(rows, warmup=True, progress=0.0)
+            self.clock_start = min(now, self.first_batch_at + self.warmup_allowance)
+        b, progress = self.budget, self.progress(now)
+        if b.kind == "tokens":
+            rows = min(rows, int(b.amount - self.tokens) // cols)
+        if (
+            progress >= 1.0
+            or rows <= 0
+            or (b.kind == "steps" and self.steps >= math.ceil(b.amount))
+        ):
             self.ended_at = now
-            if self.clock_start is None:
-                self.clock_start = self.first_batch_at
-            return None
+            return Grant(0)
+        if self.steps and self.last_grant_at is not None:
+            self.intervals = [*self.intervals[-99:], now - self.last_grant_at]
+        self.last_grant_at = now
         self.steps += 1
-        self.tokens += tokens
-        return progress
+        self.tokens += rows * cols
+        if (b.kind == "steps" and self.steps >= math.ceil(b.amount)) or (
+            b.kind == "tokens" and b.amount - self.tokens < cols
+        ):
+            self.exhausted_at = now
+        return Grant(rows, progress=progress)

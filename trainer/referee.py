@@ -2,23 +2,25 @@
 
     autoresearch trial [--repo PATH] [--budget 60s|300s|200steps|2Mtokens] [--seed N]
 
-It owns what decides the score: the budget clock and the hard kill, the seed, the training
-data (served batch by batch over a pipe, never as files), and the metric. The candidate runs
-in a sandboxed subprocess (trainer/harness.py) and hands back a torch.export graph; this
-process, which loaded the validation split and the evaluator before any candidate code ran,
-scores that graph. `--protocol autoresearch` instead runs an unmodified autoresearch repo
-(`python train.py`) and parses its summary block; that metric is self-reported.
+It owns what decides the score: the budget clock and the kills, the seed, the training data
+(served batch by batch over a pipe by trainer/batches.py, never as files), and the metric.
+The candidate runs confined (trainer/confine.py) in trainer/harness.py and hands back an
+exported graph; this process, which loaded the validation split and the evaluator before any
+candidate code ran, loads that graph as data (trainer/graph.py: an op allowlist, no
+unpickling), probes it for causality and batch independence and scores it.
+
+A trial is planned (`plan`), launched confined (`_launch`), watched against the referee's own
+clock (`_watch`), then scored (`_score`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from cluster.records import TrialResult
-from trainer import guard, sandbox
+from trainer import confine, guard, sandbox
+from trainer.batches import BatchServer
 from trainer.budget import Budget, BudgetClock
-from trainer.harness import HEADER
 from trainer.prepare import evaluate_bpb, load_eval_data
+from trainer.protocol import _tail
 from trainer.sandbox import MAX_FILE_BYTES
 
 # Dense bf16 peak FLOP/s by GPU name fragment, for MFU.
@@ -43,7 +46,17 @@ PEAK_FLOPS = {
     "A10G": 70e12,
     "L4": 121e12,
 }
-MAX_BATCH_TOKENS = 1 << 22
+SANDBOX_MODES = ("auto", "on", "namespaces", "landlock", "off")
+NO_CONFINEMENT = (
+    "no confinement: the trial runs as the referee's user with only an environment allowlist, "
+    "its own process group and a file-size limit; it can read and write whatever that user "
+    "can (other trials' files, the referee's code, ~/.ray/auth_token, /proc/<pid>/environ of "
+    "the referee) and open network connections"
+)
+
+
+class ConfinementError(RuntimeError):
+    pass
 
 
 @dataclass
@@ -54,13 +67,14 @@ class TrialConfig:
     data_seed: int | None = None  # order of training batches; None: the same as seed
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # CPU threads for the trial (torch, OMP, MKL)
-    sandbox: str = "auto"  # auto | on | off: mount/pid namespaces when available
+    sandbox: str = "auto"  # one of SANDBOX_MODES; see resolve_confinement
     hard_timeout: float | None = None  # whole-trial kill; default from the budget
-    warmup_steps: int | None = None  # steps excluded from a time budget (10 on GPU, 1 on CPU)
+    warmup_steps: int | None = None  # time budgets: batches excluded (10 on GPU, 1 on CPU)
     warmup_allowance: float | None = None  # at most this many seconds of warm-up excluded
     eval_batch: int | None = None
     startup_allowance: float | None = None  # seconds until the first batch is asked for
-    tail_grace: float | None = None  # seconds allowed after the budget ends (export, exit)
+    stall_timeout: float | None = None  # seconds without a batch request before a kill
+    export_allowance: float | None = None  # seconds from train() returning to the process exit
     memory_limit_mb: float | None = None  # resident memory of the whole trial; killed above
     max_file_bytes: int = MAX_FILE_BYTES  # no file the trial writes may be larger
 
@@ -73,61 +87,81 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class _BatchServer(threading.Thread):
-    """Answers the trial's batch requests from the training split until the budget is spent."""
+def resolve_confinement(mode: str) -> str:
+    """The confinement a trial gets here: "namespaces", "landlock" or "none".
 
-    def __init__(
-        self,
-        train: np.ndarray,
-        clock: BudgetClock,
-        seed: int,
-        max_cols: int,
-        req_fd: int,
-        data_fd: int,
-    ):
-        super().__init__(daemon=True)
-        self.train, self.clock, self.max_cols = train, clock, max_cols
-        self.rng = np.random.default_rng(seed)
-        self.req = os.fdopen(req_fd, "rb", buffering=0)
-        self.data_fd = data_fd
-        self.served_tokens = 0
-        self.error = ""
-
-    def run(self) -> None:
-        try:
-            for line in iter(self.req.readline, b""):
-                rows, cols = (int(v) for v in line.split())
-                if not (0 < cols <= self.max_cols and 0 < rows * cols <= MAX_BATCH_TOKENS):
-                    self._send(HEADER.pack(-1, MAX_BATCH_TOKENS // max(cols, 1), cols, 0.0))
-                    continue
-                progress = self.clock.next_batch(rows * cols)
-                if progress is None:
-                    self._send(HEADER.pack(0, 0, 0, 1.0))
-                    continue
-                starts = self.rng.integers(0, len(self.train) - cols - 1, size=rows)
-                batch = np.stack([self.train[s : s + cols + 1] for s in starts])
-                self._send(HEADER.pack(1, rows, cols, progress) + batch.tobytes())
-                self.served_tokens += rows * cols
-        except (OSError, ValueError) as e:  # the trial died or spoke garbage
-            self.error = f"batch protocol: {e}"
-        finally:
-            self.req.close()
-            try:
-                os.close(self.data_fd)
-            except OSError:
-                pass
-
-    def _send(self, payload: bytes) -> None:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(self.data_fd, view) :]
+    auto: the best this node offers, "none" when it offers nothing (the driver then refuses
+    untrusted proposers); on: the best, or an error; namespaces / landlock: that one, or an
+    error; off: none.
+    """
+    if mode not in SANDBOX_MODES:
+        raise ConfinementError(f"unknown sandbox {mode!r}; use one of {', '.join(SANDBOX_MODES)}")
+    if mode == "off":
+        return "none"
+    have = confine.available()
+    if mode in ("auto", "on") and have:
+        return have[0]
+    if mode == "auto":
+        return "none"
+    if mode in have:
+        return mode
+    raise ConfinementError(
+        f"sandbox={mode} cannot confine trials on this node: "
+        f"{describe_confinement()}. `--sandbox off` would run them with {NO_CONFINEMENT}"
+    )
 
 
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
+def describe_confinement() -> str:
+    have = confine.available()
+    if have:
+        return "it offers " + " and ".join(have)
+    return (
+        "it offers neither unprivileged user namespaces (kernel.unprivileged_userns_clone, "
+        "user.max_user_namespaces, or AppArmor's restrict_unprivileged_userns may forbid them) "
+        f"nor Landlock (Linux 5.13+, landlock in the lsm= boot list; ABI {confine.landlock_abi()})"
+    )
+
+
+@dataclass
+class _Plan:
+    """Every limit of one trial, resolved once before it starts."""
+
+    device: str
+    confinement: str
+    eval_batch: int
+    clock: BudgetClock
+    startup_allowance: float
+    stall_timeout: float
+    export_allowance: float
+    hard_timeout: float | None
+
+    def overrun_allowance(self) -> float:
+        """Training after the budget ran out that still counts as finishing the last step."""
+        return max(5.0, 3.0 * self.clock.step_seconds())
+
+
+def plan(cfg: TrialConfig, device: str) -> _Plan:
+    on_gpu, budget = device.startswith("cuda"), cfg.budget
+    clock = BudgetClock(
+        budget,
+        warmup_steps=cfg.warmup_steps if cfg.warmup_steps is not None else (10 if on_gpu else 1),
+        warmup_allowance=cfg.warmup_allowance or (120.0 if on_gpu else 15.0),
+    )
+    startup = cfg.startup_allowance or (300.0 if on_gpu else 120.0)
+    export = cfg.export_allowance or (120.0 if on_gpu else 60.0)
+    hard = cfg.hard_timeout
+    if hard is None and budget.kind == "time":
+        hard = startup + clock.warmup_allowance + 1.2 * budget.amount + 30.0 + export
+    return _Plan(
+        device=device,
+        confinement=resolve_confinement(cfg.sandbox),
+        eval_batch=cfg.eval_batch or (32 if on_gpu else 16),
+        clock=clock,
+        startup_allowance=startup,
+        stall_timeout=cfg.stall_timeout or (300.0 if on_gpu else 120.0),
+        export_allowance=export,
+        hard_timeout=hard,
+    )
 
 
 def _mfu(flops_per_token: float, tokens: int, seconds: float, gpu: str) -> float | None:
@@ -137,14 +171,172 @@ def _mfu(flops_per_token: float, tokens: int, seconds: float, gpu: str) -> float
     return 100.0 * flops_per_token * tokens / seconds / peak
 
 
+def _gpu_devices() -> list[str]:
+    return sorted(n for n in os.listdir("/dev") if n.startswith("nvidia"))
+
+
+def _launch(
+    p: _Plan, cfg: TrialConfig, source: Path, scratch: Path, manifest: dict, logf
+) -> tuple[subprocess.Popen, int, int, str]:
+    """Start the harness confined; returns the process, the referee's ends of the pipes and
+    why the confinement failed ("" when it holds)."""
+    code_dir = Path(__file__).resolve().parent  # not trainer.__file__: a repo may shadow it
+    out = scratch / "out"
+    out.mkdir()
+    shutil.copyfile(source, scratch / "train.py")
+    req_r, req_w = os.pipe()
+    data_r, data_w = os.pipe()
+    status_r, status_w = os.pipe() if p.confinement != "none" else (None, None)
+    cmd = [sys.executable, "-m", "trainer.harness", "--train-py", str(scratch / "train.py")]
+    for flag, value in (
+        ("--out", out),
+        ("--device", p.device),
+        ("--vocab-size", manifest["vocab_size"]),
+        ("--seq-len", manifest["seq_len"]),
+        ("--bos-id", manifest["bos_id"]),
+        ("--seed", cfg.seed),
+        ("--budget", cfg.budget),
+        ("--eval-batch", p.eval_batch),
+        ("--req-fd", req_w),
+        ("--data-fd", data_r),
+    ):
+        cmd += [flag, str(value)]
+    if p.confinement != "none":
+        on_gpu = p.device.startswith("cuda")
+        uid = confine.trial_uid() if p.confinement == "namespaces" else os.getuid()
+        spec = {
+            "mode": p.confinement,
+            "ro": confine.python_paths()
+            + [str(code_dir)]
+            + (["/sys", "/proc/driver/nvidia"] if on_gpu else []),
+            "rw": [str(scratch)],
+            "dev": _gpu_devices() if on_gpu else [],
+            "uid": uid,
+            "gid": uid if uid != os.getuid() else os.getgid(),
+            "cwd": str(scratch),
+            "status_fd": status_w,
+        }
+        if uid != os.getuid():
+            for d in (scratch, out):
+                os.chown(d, uid, spec["gid"])
+        cmd = [sys.executable, "-S", "-m", "trainer.confine", json.dumps(spec), "--", *cmd]
+    env = sandbox.trial_env(scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent)})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=scratch,
+        env=env,
+        stdout=logf,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        pass_fds=tuple(fd for fd in (req_w, data_r, status_w) if fd is not None),
+        start_new_session=True,
+        preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
+    )
+    os.close(req_w)
+    os.close(data_r)
+    if status_w is None:
+        return proc, req_r, data_w, ""
+    os.close(status_w)
+    return proc, req_r, data_w, _read_until_exec(status_r)
+
+
+def _read_until_exec(fd: int, timeout: float = 60.0) -> str:
+    """The launcher's word on the confinement: nothing (its end closed by the exec of the
+    harness) means it holds; a message means it failed."""
+    import select
+
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                return "the confinement launcher did not start the trial within 60s"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return b"".join(chunks).decode(errors="replace")
+            chunks.append(chunk)
+        return "the confinement launcher did not start the trial within 60s"
+    finally:
+        os.close(fd)
+
+
+def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, cancelled) -> str:
+    """Wait for the trial; the reason it was killed, or "" when it exited by itself."""
+    clock, next_mem_check, pace_limit = p.clock, 0.0, None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if cfg.memory_limit_mb and now >= next_mem_check:
+            next_mem_check = now + 1.0
+            rss = sandbox.tree_rss_mb(proc.pid)
+            if rss > cfg.memory_limit_mb:
+                return (
+                    f"used {rss:.0f} MiB of memory, over its share of {cfg.memory_limit_mb:.0f} MiB"
+                )
+        if pace_limit is None and clock.clock_start is not None and clock.progress(now) >= 0.1:
+            # A deterministic budget's deadline follows the trial's own pace: 4x what its
+            # first tenth predicts, whatever else the node runs.
+            pace_limit = clock.clock_start + 4 * (now - clock.clock_start) / clock.progress(now)
+        if cancelled():
+            return "cancelled"
+        if p.hard_timeout is not None and now - t_start > p.hard_timeout:
+            return f"hard deadline of {p.hard_timeout:.0f}s reached"
+        if clock.first_batch_at is None:
+            if now - t_start > p.startup_allowance:
+                return f"no training batch requested within {p.startup_allowance:.0f}s"
+        elif clock.returned_at is not None:
+            if now - clock.returned_at > p.export_allowance:
+                return f"still running {p.export_allowance:.0f}s after train() returned"
+        elif clock.overrun(now) > p.overrun_allowance() + 10.0:
+            return f"still training {clock.overrun(now):.0f}s after its budget ended"
+        elif now - clock.last_request_at > p.stall_timeout:
+            return f"asked for no batch in {p.stall_timeout:.0f}s"
+        elif pace_limit is not None and cfg.budget.kind != "time" and now > pace_limit:
+            return "ran 4x longer than its first tenth of the budget predicted"
+        time.sleep(0.05)
+    return ""
+
+
+def _score(p: _Plan, out: Path, manifest: dict, val, token_bytes) -> tuple[float, dict]:
+    """Load the exported graph as data, check it, score it. Raises GraphRejected."""
+    from trainer.graph import check_model, load_model
+
+    t0 = time.monotonic()
+    forward = load_model(
+        out,
+        batch=p.eval_batch,
+        seq_len=manifest["seq_len"],
+        vocab_size=manifest["vocab_size"],
+        device=p.device,
+    )
+    t1 = time.monotonic()
+    check_model(forward, val, seq_len=manifest["seq_len"], batch=p.eval_batch, device=p.device)
+    t2 = time.monotonic()
+    bpb = evaluate_bpb(
+        forward,
+        val,
+        token_bytes,
+        seq_len=manifest["seq_len"],
+        batch_size=p.eval_batch,
+        eval_tokens=manifest["eval_tokens"],
+        device=p.device,
+    )
+    t3 = time.monotonic()
+    return bpb, {
+        "load_s": round(t1 - t0, 3),
+        "probe_s": round(t2 - t1, 3),
+        "eval_s": round(t3 - t2, 3),
+    }
+
+
 def run_trial(
     train_py: Path, cfg: TrialConfig, log_path: Path, cancelled: Callable[[], bool] = lambda: False
 ) -> TrialResult:
-    """Train `train_py` under `cfg` in a sandboxed subprocess, then score it. Never raises
+    """Train `train_py` under `cfg` in a confined subprocess, then score it. Never raises
     for anything the candidate does: failures come back as status crash/timeout/invalid."""
     t_start, started = time.monotonic(), time.time()
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    confinement = ""
 
     def result(status: str, error: str = "", **kw) -> TrialResult:
         return TrialResult(
@@ -155,6 +347,7 @@ def run_trial(
             started=started,
             ended=time.time(),
             node=os.uname().nodename,
+            confinement=confinement,
             **kw,
         )
 
@@ -163,304 +356,108 @@ def run_trial(
     if problems:
         log_path.write_text("rejected by the referee guard:\n" + "\n".join(problems) + "\n")
         return result("invalid", "reaches into the referee: " + "; ".join(problems))
+    try:
+        p = plan(cfg, resolve_device(cfg.device))
+    except ConfinementError as e:
+        log_path.write_text(f"{e}\n")
+        return result("invalid", str(e))
+    confinement = p.confinement
 
     # Everything the score depends on is loaded before any candidate code runs.
-    import torch
-    import torch.export  # noqa: F401  (imported now so a trial cannot alter it on disk first)
+    import torch  # noqa: F401
 
-    device = resolve_device(cfg.device)
+    from trainer import graph  # noqa: F401
+
     val, token_bytes, manifest = load_eval_data(cfg.data)
     train = np.memmap(Path(cfg.data) / "train.bin", dtype=np.uint16, mode="r")
-    seq_len, on_gpu = manifest["seq_len"], device.startswith("cuda")
-    eval_batch = cfg.eval_batch or (32 if on_gpu else 16)
-    budget = cfg.budget
-    clock = BudgetClock(
-        budget,
-        warmup_steps=cfg.warmup_steps if cfg.warmup_steps is not None else (10 if on_gpu else 1),
-        warmup_allowance=cfg.warmup_allowance or (120.0 if on_gpu else 15.0),
-    )
-    startup_allowance = cfg.startup_allowance or (300.0 if on_gpu else 120.0)
-    tail_grace = cfg.tail_grace or 30.0 + (0.1 * budget.amount if budget.kind == "time" else 0.0)
-    hard_timeout = cfg.hard_timeout or (
-        startup_allowance + clock.warmup_allowance + budget.amount + tail_grace
-        if budget.kind == "time"
-        else 600.0
-    )
-    use_ns = cfg.sandbox == "on" or (cfg.sandbox == "auto" and sandbox.namespaces_available())
-    if cfg.sandbox == "on" and not sandbox.namespaces_available():
-        return result("invalid", "sandbox=on but user namespaces are unavailable on this node")
-
     sandbox.become_subreaper()
     spare = set(sandbox.descendants(os.getpid()))
     with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch:
         scratch = Path(scratch)
-        out = scratch / "out"
-        out.mkdir()
-        req_r, req_w = os.pipe()
-        data_r, data_w = os.pipe()
-        cmd = [
-            sys.executable,
-            "-m",
-            "trainer.harness",
-            "--train-py",
-            str(Path(train_py).resolve()),
-            "--out",
-            str(out),
-            "--device",
-            device,
-            "--vocab-size",
-            str(manifest["vocab_size"]),
-            "--seq-len",
-            str(seq_len),
-            "--bos-id",
-            str(manifest["bos_id"]),
-            "--seed",
-            str(cfg.seed),
-            "--budget",
-            str(budget),
-            "--eval-batch",
-            str(eval_batch),
-            "--req-fd",
-            str(req_w),
-            "--data-fd",
-            str(data_r),
-        ]
-        code_dir = (
-            Path(__file__).resolve().parent
-        )  # not trainer.__file__: a repo's trainer/ may shadow it
-        cmd = sandbox.wrap_command(
-            cmd,
-            hide=[Path(cfg.data).resolve() / "eval"],
-            read_only=[code_dir, Path(cfg.data).resolve()],
-            enable=use_ns,
-        )
-        env = sandbox.trial_env(scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent)})
         with open(log_path, "w") as logf:
             logf.write(
-                f"# trial {train_py} budget={budget} seed={cfg.seed} device={device} "
-                f"sandbox={'namespaces' if use_ns else 'process-group'}\n"
+                f"# trial {train_py} budget={cfg.budget} seed={cfg.seed} device={p.device} "
+                f"confinement={p.confinement}\n"
             )
             logf.flush()
-            proc = subprocess.Popen(
-                cmd,
-                cwd=scratch,
-                env=env,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                pass_fds=(req_w, data_r),
-                start_new_session=True,
-                preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
-            )
-        os.close(req_w)
-        os.close(data_r)
+            proc, req_r, data_w, failed = _launch(p, cfg, Path(train_py), scratch, manifest, logf)
         data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-        server = _BatchServer(train, clock, data_seed, seq_len, req_r, data_w)
+        server = BatchServer(
+            train, p.clock, data_seed, manifest["seq_len"], manifest["vocab_size"], req_r, data_w
+        )
         server.start()
-        reason, next_mem_check = "", 0.0
-        while proc.poll() is None:
-            now = time.monotonic()
-            if cfg.memory_limit_mb and now >= next_mem_check:
-                next_mem_check = now + 1.0
-                rss = sandbox.tree_rss_mb(proc.pid)
-                if rss > cfg.memory_limit_mb:
-                    reason = (
-                        f"used {rss:.0f} MiB of memory, over its share of "
-                        f"{cfg.memory_limit_mb:.0f} MiB"
-                    )
-                    break
-            if cancelled():
-                reason = "cancelled"
-            elif now - t_start > hard_timeout:
-                reason = f"hard deadline of {hard_timeout:.0f}s reached"
-            elif clock.first_batch_at is None and now - t_start > startup_allowance:
-                reason = f"no training batch requested within {startup_allowance:.0f}s"
-            elif clock.ended_at is not None and now - clock.ended_at > tail_grace:
-                reason = f"still running {tail_grace:.0f}s after its budget ended"
-            elif (
-                budget.kind == "time"
-                and clock.clock_start is not None
-                and clock.training_seconds(now) > budget.amount + tail_grace
-            ):
-                reason = "ignored the time budget"
-            if reason:
-                break
-            time.sleep(0.05)
+        reason = "" if failed else _watch(p, cfg, proc, t_start, cancelled)
+        p.clock.returned()  # a trial that never said so returned when it exited or was killed
         sandbox.kill_tree(proc, spare)
         server.join(timeout=5)
-        stats_path = out / "stats.json"
-        stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
+        clock = p.clock
+        stats = _stats(scratch / "out" / "stats.json")
         measured = dict(
             training_seconds=round(clock.training_seconds(), 2),
             num_steps=clock.steps,
             total_tokens_M=round(clock.tokens / 1e6, 6),
-            num_params_M=round(stats["num_params"] / 1e6, 4) if stats else None,
+            num_params_M=round(stats["num_params"] / 1e6, 4) if "num_params" in stats else None,
             peak_vram_mb=round(stats.get("peak_vram_mb", 0.0), 1) if stats else None,
             gpu_name=stats.get("gpu_name", ""),
         )
+        extra = {"warmup_tokens": clock.warmup_tokens, "overrun_s": round(clock.overrun(), 2)}
         if reason == "cancelled":
-            return result("lost", "cancelled by the driver", **measured)
+            return result("lost", "cancelled by the driver", **measured, extra=extra)
         if reason.startswith("used "):
-            return result("crash", f"killed: {reason}\n{_tail(log_path)}", **measured)
+            return result("crash", f"killed: {reason}\n{_tail(log_path)}", **measured, extra=extra)
         if reason:
-            return result("timeout", f"killed: {reason}\n{_tail(log_path)}", **measured)
-        if proc.returncode != 0 or not (out / "model.pt2").exists():
-            return result("crash", f"exit code {proc.returncode}\n{_tail(log_path)}", **measured)
-        tail = stats.get("tail_seconds") or 0.0
-        if tail > max(5.0, 0.05 * measured["training_seconds"]):
             return result(
-                "invalid", f"kept training {tail:.1f}s after its budget ended", **measured
+                "timeout", f"killed: {reason}\n{_tail(log_path)}", **measured, extra=extra
             )
+        if failed:  # the node's fault, not the candidate's; said so, never re-run blind
+            return result("crash", f"{failed} (on {os.uname().nodename})", **measured, extra=extra)
+        if proc.returncode != 0:
+            msg = f"exit code {proc.returncode}\n{_tail(log_path)}"
+            return result("crash", msg, **measured, extra=extra)
+        if clock.overrun() > p.overrun_allowance():
+            msg = f"kept training {clock.overrun():.1f}s after its budget ended"
+            return result("invalid", msg, **measured, extra=extra)
         try:
-            program = torch.export.load(out / "model.pt2")
-            module = program.module()
-            if on_gpu:
-                module = module.to(device)
-            bpb = evaluate_bpb(
-                module,
-                val,
-                token_bytes,
-                seq_len=seq_len,
-                batch_size=eval_batch,
-                eval_tokens=manifest["eval_tokens"],
-                device=device,
-            )
+            bpb, timings = _score(p, scratch / "out", manifest, val, token_bytes)
         except Exception as e:  # the graph is the candidate's: any failure is its failure
+            msg = f"{e}" if type(e).__name__ == "GraphRejected" else f"{type(e).__name__}: {e}"
             return result(
                 "invalid",
-                f"evaluation of the exported model failed: {type(e).__name__}: {e}",
+                f"evaluation of the exported model failed: {msg}",
                 **measured,
+                extra=extra,
             )
     mfu = _mfu(
-        stats["flops_per_token"], clock.tokens, clock.training_seconds(), measured["gpu_name"]
+        stats.get("flops_per_token", 0.0),
+        clock.tokens,
+        clock.training_seconds(),
+        measured["gpu_name"],
     )
-    return result("ok", val_bpb=round(bpb, 6), mfu=round(mfu, 2) if mfu else None, **measured)
+    return result(
+        "ok",
+        val_bpb=round(bpb, 6),
+        mfu=round(mfu, 2) if mfu else None,
+        **measured,
+        extra={**extra, **timings},
+    )
 
 
-_SUMMARY_KEYS = (
-    "val_bpb",
-    "training_seconds",
-    "total_seconds",
-    "peak_vram_mb",
-    "mfu_percent",
-    "total_tokens_M",
-    "num_steps",
-    "num_params_M",
-)
-
-
-def format_summary(r: TrialResult, budget: str = "", seed: int | None = None) -> str:
-    """autoresearch's summary block, then our fields; `grep "^val_bpb:"` keeps working."""
-    vals = {
-        "val_bpb": r.val_bpb,
-        "training_seconds": r.training_seconds,
-        "total_seconds": r.total_seconds,
-        "peak_vram_mb": r.peak_vram_mb,
-        "mfu_percent": r.mfu,
-        "total_tokens_M": r.total_tokens_M,
-        "num_steps": r.num_steps,
-        "num_params_M": r.num_params_M,
+def _stats(path: Path) -> dict:
+    """What the trial says about itself (parameters, FLOPs, VRAM, GPU name): shown, never
+    used to judge it; anything malformed is dropped."""
+    try:
+        if path.stat().st_size > 1 << 16:
+            return {}
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    out = {
+        k: float(raw[k])
+        for k in ("num_params", "flops_per_token", "peak_vram_mb")
+        if isinstance(raw.get(k), int | float) and 0 <= raw[k] < 1e18
     }
-    lines = ["---"]
-    for k in _SUMMARY_KEYS:
-        v = vals[k]
-        if v is None:
-            v = 0
-        lines.append(
-            f"{k + ':':<18}{v:.6f}"
-            if k == "val_bpb"
-            else f"{k + ':':<18}{v:.2f}"
-            if isinstance(v, float)
-            else f"{k + ':':<18}{v}"
-        )
-    lines.append(f"{'status:':<18}{r.status}")
-    if budget:
-        lines.append(f"{'budget:':<18}{budget}")
-    if seed is not None:
-        lines.append(f"{'seed:':<18}{seed}")
-    lines.append(f"{'device:':<18}{r.gpu_name or 'cpu'}")
-    if r.self_reported:
-        lines.append(f"{'metric:':<18}self-reported (protocol=autoresearch)")
-    if r.error:
-        lines.append(f"{'error:':<18}{r.error.strip().splitlines()[0][:200]}")
-    return "\n".join(lines)
-
-
-def parse_summary(text: str) -> dict[str, float]:
-    """The `key: value` numbers of the last `---` summary block in a log."""
-    block = text.rsplit("\n---\n", 1)[-1] if "\n---\n" in text else text
-    out = {}
-    for m in re.finditer(r"^(\w+):\s+([-+0-9.eE]+)\s*$", block, re.M):
-        out[m.group(1)] = float(m.group(2))
+    if isinstance(raw.get("gpu_name"), str):
+        out["gpu_name"] = raw["gpu_name"][:100]
     return out
-
-
-def run_autoresearch_protocol(
-    repo: Path,
-    log_path: Path,
-    timeout: float = 600.0,
-    threads: int | None = None,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> TrialResult:
-    """Run an unmodified autoresearch repo (`python train.py` at its root) and parse its summary.
-
-    Its metric is computed by code the candidate may have edited, so it is marked
-    self-reported; the deadline, the process-group kill and the environment still hold.
-    """
-    t_start, started = time.monotonic(), time.time()
-    sandbox.become_subreaper()
-    spare = set(sandbox.descendants(os.getpid()))
-    with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch, open(log_path, "w") as logf:
-        env = sandbox.trial_env(Path(scratch), threads)
-        env["HOME"] = os.environ.get("HOME", scratch)  # upstream reads ~/.cache/autoresearch
-        proc = subprocess.Popen(
-            [sys.executable, "train.py"],
-            cwd=repo,
-            env=env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=sandbox.child_limits(),
-        )
-        reason = ""
-        while proc.poll() is None:
-            if cancelled():
-                reason = "cancelled"
-            elif time.monotonic() - t_start > timeout:
-                reason = f"hard deadline of {timeout:.0f}s reached"
-            if reason:
-                break
-            time.sleep(0.1)
-        sandbox.kill_tree(proc, spare)
-    common = dict(
-        log_path=str(log_path),
-        started=started,
-        ended=time.time(),
-        total_seconds=round(time.monotonic() - t_start, 2),
-        self_reported=True,
-        node=os.uname().nodename,
-    )
-    if reason:
-        status = "lost" if reason == "cancelled" else "timeout"
-        return TrialResult(status=status, error=f"killed: {reason}", **common)
-    summary = parse_summary(_tail(Path(log_path), 20000))
-    if proc.returncode != 0 or "val_bpb" not in summary:
-        return TrialResult(
-            status="crash", error=f"exit code {proc.returncode}\n{_tail(Path(log_path))}", **common
-        )
-
-    def get(k):
-        return summary.get(k)
-
-    return TrialResult(
-        status="ok",
-        val_bpb=get("val_bpb"),
-        training_seconds=get("training_seconds"),
-        num_steps=int(get("num_steps") or 0),
-        total_tokens_M=get("total_tokens_M"),
-        num_params_M=get("num_params_M"),
-        peak_vram_mb=get("peak_vram_mb"),
-        mfu=get("mfu_percent"),
-        **{**common, "total_seconds": common["total_seconds"]},
-    )

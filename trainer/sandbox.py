@@ -1,19 +1,15 @@
-"""How an untrusted trial process is started, confined and killed.
+"""How an untrusted trial process is started and killed (its confinement: trainer/confine.py).
 
 - Environment: an allowlist, so API keys and cloud credentials never reach train.py.
 - Process tree: its own session/process group; the referee becomes a child subreaper so a
   grandchild that escapes with setsid() is re-parented to it and still gets killed.
-- Filesystem (when Linux user namespaces allow it, `sandbox="auto"`): a private mount namespace
-  in which the evaluation split is an empty tmpfs and the referee's code is read-only, plus a
-  PID namespace so every process of the trial dies with it.
+- Limits: a file-size cap, death with its parent, a memory share watched by the referee.
 """
 
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
-import shlex
 import signal
 import subprocess
 import time
@@ -33,7 +29,6 @@ ENV_ALLOW = (
     "NVIDIA_DRIVER_CAPABILITIES",
     "LD_LIBRARY_PATH",
     "CUDA_HOME",
-    "TRITON_CACHE_DIR",
     "PYTHONPATH",
     "VIRTUAL_ENV",
 )
@@ -49,58 +44,6 @@ def trial_env(scratch: Path, threads: int | None, extra: dict[str, str] | None =
             env[k] = str(threads)
     env.update(extra or {})
     return env
-
-
-@functools.cache
-def namespaces_available() -> bool:
-    """Can we create user+mount+pid namespaces here (unprivileged userns, util-linux unshare)?"""
-    try:
-        proc = subprocess.run(
-            [
-                "unshare",
-                "--user",
-                "--map-root-user",
-                "--mount",
-                "--pid",
-                "--fork",
-                "--kill-child",
-                "sh",
-                "-c",
-                "mount -t tmpfs none /mnt 2>/dev/null || mount -t tmpfs none /tmp; echo ok",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return proc.returncode == 0 and proc.stdout.strip() == "ok"
-
-
-def wrap_command(
-    cmd: list[str], hide: list[Path], read_only: list[Path], enable: bool
-) -> list[str]:
-    """Wrap `cmd` so it runs with `hide` masked by empty tmpfs and `read_only` remounted ro."""
-    if not enable:
-        return cmd
-    steps = []
-    for p in read_only:  # first: a later bind of a parent would uncover the hidden dirs
-        q = shlex.quote(str(p))
-        steps.append(f"mount --bind {q} {q} && mount -o remount,bind,ro {q}")
-    steps += [f"mount -t tmpfs -o size=1k,mode=0555 none {shlex.quote(str(p))}" for p in hide]
-    script = " && ".join([*steps, "exec " + shlex.join(cmd)])
-    return [
-        "unshare",
-        "--user",
-        "--map-root-user",
-        "--mount",
-        "--pid",
-        "--fork",
-        "--kill-child",
-        "sh",
-        "-c",
-        script,
-    ]
 
 
 def become_subreaper() -> None:
