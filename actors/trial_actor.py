@@ -32,6 +32,7 @@ class TrialActor:
         threads: int | None,
         sandbox: str,
         clone_root: str | None = None,
+        untrusted: bool = True,
     ):
         from trainer.prepare import cache_root
 
@@ -42,6 +43,7 @@ class TrialActor:
         self.clone = Clone(root / f"{tag}-{base_sha[:12]}" / f"{node}.git")
         self.dataset, self.vocab_size = dataset, vocab_size
         self.device, self.threads, self.sandbox = device, threads, sandbox
+        self.untrusted = untrusted  # proposals written by an LLM or a person, not by mutate
         self.data: Path | None = None
         self.memory_limit_mb = self._memory_share()
 
@@ -59,9 +61,22 @@ class TrialActor:
 
         The clone is made here and re-checked per trial, not in __init__: a restarted actor
         (on another node, say) re-clones from the bundle its next call carries."""
-        self.clone.ensure(base_bundle)
         from trainer.prepare import prepare
-        from trainer.referee import resolve_device
+        from trainer.referee import (
+            NO_CONFINEMENT,
+            describe_confinement,
+            resolve_confinement,
+            resolve_device,
+        )
+
+        confinement = resolve_confinement(self.sandbox)  # raises for an unavailable one
+        if confinement == "none" and self.sandbox == "auto" and self.untrusted:
+            raise RuntimeError(
+                f"{socket.gethostname()} cannot confine trials ({describe_confinement()}), so "
+                "it will not run proposals from llm or queue, which are untrusted code. "
+                f"`--sandbox off` would run them with {NO_CONFINEMENT}"
+            )
+        self.clone.ensure(base_bundle)
 
         self.data = prepare(self.dataset, self.vocab_size)
         device = resolve_device(self.device)
@@ -78,6 +93,7 @@ class TrialActor:
             "gpu_name": gpu,
             "pid": os.getpid(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "confinement": confinement,
         }
 
     def run(

@@ -317,6 +317,7 @@ class Campaign:
             "error": result.error,
             "log_path": log_path or result.log_path,
             "self_reported": result.self_reported,
+            "confinement": result.confinement,
             "merged": merged,
             "noise": self.noise(),
             "incumbent_bpb": sum(inc) / len(inc) if inc else None,

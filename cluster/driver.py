@@ -248,6 +248,7 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
             threads=plan["threads"],
             sandbox=cfg.sandbox,
             clone_root=cfg.clone_root,
+            untrusted=any(p.name in ("llm", "queue") for p, _ in proposers),
         ),
         bundle_for=lambda sha: (
             b"" if sha == camp.base_sha else gitops.bundle(camp.repo, sha, camp.base_sha)
@@ -271,9 +272,11 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
         if cfg.gpu_type and cfg.gpu_type not in gpu_name:
             raise CampaignError(f"--gpu-type {cfg.gpu_type} but workers report {gpu_name!r}")
         nodes = sorted({i["node"] for i in infos})
+        held = ", ".join(sorted({i.get("confinement", "?") for i in infos}))
         camp._say(
             f"{len(infos)} workers ready on {len(nodes)} node(s)"
             f"{': ' + gpu_name if gpu_name else '; CPU trials share each machine'}"
+            f"; trials confined by {held}"
             f"{'; following the cluster (--workers auto)' if plan['follow'] else ''}"
         )
         if pool.starting():

@@ -25,6 +25,22 @@ IDENTITY = {
 }
 
 
+# Every git command runs with hooks and the fsmonitor off: nothing in a repository's or a
+# clone's config or hooks directory executes, whoever wrote it (defence in depth behind the
+# trial's confinement, which cannot write there).
+NO_HOOKS = {
+    "GIT_CONFIG_COUNT": "2",
+    "GIT_CONFIG_KEY_0": "core.hooksPath",
+    "GIT_CONFIG_VALUE_0": os.devnull,
+    "GIT_CONFIG_KEY_1": "core.fsmonitor",
+    "GIT_CONFIG_VALUE_1": "false",
+}
+
+
+def _env(extra: dict | None = None) -> dict:
+    return {**os.environ, **IDENTITY, **NO_HOOKS, **(extra or {})}
+
+
 _TRANSFER_LOCK = threading.Lock()  # one transfer ref per repo: bundles are built one at a time
 
 
@@ -38,7 +54,7 @@ def git(repo: Path, *args: str, env: dict | None = None, input: bytes | None = N
         cwd=repo,
         capture_output=True,
         input=input,
-        env={**os.environ, **IDENTITY, **(env or {})},
+        env=_env(env),
     )
     if proc.returncode != 0:
         msg = proc.stderr.decode(errors="replace").strip()
@@ -69,7 +85,9 @@ def show(repo: Path, sha: str, path: str) -> str:
 
 def read_blob(repo: Path, sha: str, path: str) -> str:
     """Exact file content at a commit (keeps trailing newlines as they are)."""
-    proc = subprocess.run(["git", "show", f"{sha}:{path}"], cwd=repo, capture_output=True)
+    proc = subprocess.run(
+        ["git", "show", f"{sha}:{path}"], cwd=repo, capture_output=True, env=_env()
+    )
     if proc.returncode != 0:
         raise GitError(f"{path} not found at {sha[:10]}: {proc.stderr.decode().strip()}")
     return proc.stdout.decode()
@@ -96,7 +114,7 @@ def set_ref(repo: Path, ref: str, new: str, old: str | None = None) -> None:
 
 
 def is_ancestor(repo: Path, a: str, b: str) -> bool:
-    proc = subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=repo)
+    proc = subprocess.run(["git", "merge-base", "--is-ancestor", a, b], cwd=repo, env=_env())
     return proc.returncode == 0
 
 

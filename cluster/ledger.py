@@ -61,6 +61,7 @@ FIELDS = (
     "error",
     "log_path",
     "self_reported",
+    "confinement",  # what held the trial: namespaces, landlock or none
     "merged",  # the campaign branch fast-forwarded to this commit because of this row
     "noise",  # the noise estimate (std of val_bpb) when the row was decided
     "incumbent_bpb",  # mean val_bpb of the row's parent (the incumbent it ran against) then

@@ -50,6 +50,16 @@ def status_text(run_dir: Path, tag: str) -> str:
             f"best run   {s['best_val_bpb']:.4f} ({s['best_trial_id']}: "
             f"{(s['best_description'] or '')[:60]})"
         )
+    held: dict[str, int] = {}
+    for r in rows:
+        if r.get("confinement"):
+            held[r["confinement"]] = held.get(r["confinement"], 0) + 1
+    if held:
+        lines.append(
+            "confined   "
+            + ", ".join(f"{k} {v}" for k, v in sorted(held.items()))
+            + (" (none: those trials ran unconfined)" if "none" in held else "")
+        )
     if s["busy_fraction"] is not None:
         lines.append(f"busy       {s['busy_fraction']:.0%} of worker time running trials")
     if s["total_cost"]:

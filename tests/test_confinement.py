@@ -216,3 +216,24 @@ def test_a_trial_records_the_confinement_it_ran_under(tmp_path, data):
     assert r.confinement == (confine.available() or ("none",))[0]
     off = trial(tmp_path, data, tiny_train_source(), budget="2steps", sandbox="off")
     assert off.confinement == "none"
+
+
+def test_a_hook_planted_in_a_nodes_clone_never_runs(tmp_path):
+    """Git hooks run outside any sandbox: the actors' git commands run with hooks off."""
+    from cluster.gitops import Clone, bundle, rev_parse
+
+    from conftest import commit_repo
+
+    repo = commit_repo(tmp_path / "repo", {"train.py": "x = 1\n"})
+    sha = rev_parse(repo, "HEAD")
+    clone = Clone(tmp_path / "clone.git")
+    clone.ensure(bundle(repo, sha, None))
+    marker = tmp_path / "hook-ran"
+    hook = clone.path / "hooks" / "post-checkout"
+    hook.parent.mkdir(exist_ok=True)
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    hook.chmod(0o755)
+    wt = clone.add_worktree(sha, tmp_path / "wt")
+    assert (wt / "train.py").read_text() == "x = 1\n"
+    clone.remove_worktree(wt)
+    assert not marker.exists()
