@@ -274,8 +274,9 @@ def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, c
                 )
         if pace_limit is None and clock.clock_start is not None and clock.progress(now) >= 0.1:
             # A deterministic budget's deadline follows the trial's own pace: 4x what its
-            # first tenth predicts, whatever else the node runs.
-            pace_limit = clock.clock_start + 4 * (now - clock.clock_start) / clock.progress(now)
+            # first tenth predicts (at least a minute), whatever else the node runs.
+            predicted = (now - clock.clock_start) / clock.progress(now)
+            pace_limit = clock.clock_start + max(60.0, 4 * predicted)
         if cancelled():
             return "cancelled"
         if p.hard_timeout is not None and now - t_start > p.hard_timeout:
@@ -290,7 +291,12 @@ def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, c
             return f"still training {clock.overrun(now):.0f}s after its budget ended"
         elif now - clock.last_request_at > p.stall_timeout:
             return f"asked for no batch in {p.stall_timeout:.0f}s"
-        elif pace_limit is not None and cfg.budget.kind != "time" and now > pace_limit:
+        elif (
+            pace_limit is not None
+            and cfg.budget.kind != "time"
+            and clock.budget_end(now) is None
+            and now > pace_limit
+        ):
             return "ran 4x longer than its first tenth of the budget predicted"
         time.sleep(0.05)
     return ""
