@@ -314,6 +314,20 @@ def load_eval_data(data: Path) -> tuple[np.ndarray, np.ndarray, dict]:
 # --------------------------------------------------------------------------- the metric
 
 
+EVAL_ORDER_SEED = 0  # the fixed order in which validation rows are batched
+
+
+def eval_autocast(device: str):
+    """The precision forward passes are scored in: bf16 autocast on CUDA, plain on CPU."""
+    import contextlib
+
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def evaluate_bpb(
     forward: Callable,
     val_tokens: np.ndarray,
@@ -327,8 +341,10 @@ def evaluate_bpb(
     """Validation bits per byte: summed nats over summed target bytes, specials excluded.
 
     `forward` maps a (batch_size, seq_len) int64 tensor to (batch_size, seq_len, vocab)
-    logits. Rows are consecutive non-overlapping windows of the pinned split; a short last
-    batch is padded with copies that are not scored. Independent of vocabulary size.
+    logits. Rows are non-overlapping windows of the pinned split, batched in a fixed seeded
+    order rather than consecutively, so a row's continuation is rarely in its batch for a
+    model to read across; a short last batch is padded with other real rows that are not
+    scored. Independent of vocabulary size.
     """
     import torch
     import torch.nn.functional as F
@@ -338,23 +354,20 @@ def evaluate_bpb(
     if rows == 0:
         raise ValueError(f"validation split too short for seq_len {seq_len}")
     tokens = torch.from_numpy(val_tokens[: rows * seq_len + 1].astype(np.int64))
+    order = np.random.default_rng(EVAL_ORDER_SEED).permutation(rows)
     nbytes = torch.from_numpy(token_bytes.astype(np.int64)).to(device)
     total_nats = torch.zeros((), dtype=torch.float64, device=device)
     total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     with torch.no_grad():
         for start in range(0, rows, batch_size):
-            idx = list(range(start, min(start + batch_size, rows)))
+            idx = order[start : start + batch_size].tolist()
             real = len(idx)
-            idx += [idx[-1]] * (batch_size - real)
+            idx += [int(order[k % rows]) for k in range(batch_size - real)]
             x = torch.stack([tokens[i * seq_len : (i + 1) * seq_len] for i in idx]).to(device)
             y = torch.stack([tokens[i * seq_len + 1 : (i + 1) * seq_len + 1] for i in idx]).to(
                 device
             )
-            if autocast is not None:
-                with autocast:
-                    logits = forward(x)
-            else:
+            with eval_autocast(device):
                 logits = forward(x)
             if not isinstance(logits, torch.Tensor) or tuple(logits.shape[:2]) != tuple(x.shape):
                 raise ValueError(
