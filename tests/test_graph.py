@@ -396,6 +396,31 @@ def test_random_attention_is_rejected(tmp_path, monkeypatch):
     rejected_before_any_op(path, monkeypatch, "dropout_p=0.1: scoring is not random")
 
 
+def test_batch_norm_cannot_keep_state_across_calls(tmp_path, monkeypatch):
+    """aten.batch_norm(training=True) updates its running statistics in place although its
+    schema says it mutates nothing: a graph could count its calls and behave while probed."""
+
+    class Norm(Leak):
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(V)
+
+        def forward(self, idx):
+            return self.bn(self.emb(idx).transpose(1, 2)).transpose(1, 2)
+
+    path = export(Norm().eval(), tmp_path)
+
+    def training(g, _):
+        node = first_node(g, "_native_batch_norm_legit_no_training.default")
+        node["target"] = "torch.ops.aten.batch_norm.default"
+        extra = {"training": {"as_bool": True}, "cudnn_enabled": {"as_bool": False}}
+        node["inputs"] += [{"name": k, "arg": v, "kind": 1} for k, v in extra.items()]
+        node["outputs"] = node["outputs"][:1]
+
+    edit_graph(path, training)
+    rejected_before_any_op(path, monkeypatch, "training=True: .* running statistics in place")
+
+
 def test_huge_intermediates_are_rejected_without_allocating(tmp_path, honest_dir, monkeypatch):
     def huge(g, _):  # a node making 1e12 floats, declared as such
         node = first_node(g, "view.default")

@@ -10,7 +10,8 @@ with data-dependent output shapes are dropped. That excludes files (aten.from_fi
 (aten._print), uninitialised memory (aten.empty*, new_empty*), randomness (rand*, normal,
 bernoulli, dropout), in-place and out= variants, higher-order ops and anything outside
 `aten`. What the schema cannot say is checked per call by `argument_problem` (no dropout in
-attention) and by the interpreter (index bounds, output use).
+attention, no batch-norm statistics updated in place) and by the interpreter (index bounds,
+output use).
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ STRING_ARGS = {
 SEEDED_OK = set(FAMILIES["attention"].split())
 # index.Tensor is tagged dynamic because of boolean masks; the interpreter admits integers only.
 DYNAMIC_OK = {"index"}
-# Multi-output attention kernels also return RNG state, scratch tensors (uninitialised on CUDA
-# when there is no dropout) and sizes: a graph may use their first output only.
-FIRST_OUTPUT_ONLY = set(FAMILIES["attention"].split())
+# Multi-output attention and batch-norm kernels also return RNG state, saved statistics and
+# scratch tensors (uninitialised on CUDA when unused) and sizes: only the first is usable.
+FIRST_OUTPUT_ONLY = set(FAMILIES["attention"].split()) | {"_native_batch_norm_legit_no_training"}
 # op name -> (index argument, indexed argument): bounds are checked before the op runs (an
 # out-of-range index is a device-side assert on CUDA, which kills the referee's context).
 INDEX_ARGS = {
@@ -98,6 +99,10 @@ def _innermost(t) -> str:
 
 def _admits(name: str, overload: str, op: torch._ops.OpOverload) -> bool:
     schema = op._schema
+    try:  # TorchScript-only overloads (einsum.sublist, to.prim_dtype) have no kernels
+        torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
+    except RuntimeError:
+        return False
     if name in SEEDED_OK and overload != "default":  # e.g. a quantized flash attention
         return False
     tags = set(op.tags)
@@ -182,4 +187,6 @@ def argument_problem(name: str, args: dict) -> str | None:
         return f"{said} dropout_p={args['dropout_p']}: scoring is not random"
     if args.get("return_debug_mask"):
         return f"{said} return_debug_mask=True"
+    if name == "batch_norm" and args.get("training") is not False:
+        return f"{said} training=True: it would update its running statistics in place"
     return None

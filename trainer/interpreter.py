@@ -50,7 +50,7 @@ class GraphRejected(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    max_graph_bytes: int = 64 * 2**20
+    max_graph_bytes: int = 16 * 2**20
     max_weight_bytes: int = 8 * 2**30
     max_nodes: int = 20_000
     max_tensor_bytes: int = 4 * 2**30  # any one value (at >= 4 bytes per float: autocast)
@@ -59,7 +59,7 @@ class Limits:
 
 
 def reject(msg: str):
-    raise GraphRejected(msg)
+    raise GraphRejected(msg[:1000])  # it may quote the candidate's strings
 
 
 def member(d, key: str, typ: type, where: str):
@@ -313,7 +313,8 @@ def shape_pass(
             live -= sizes.pop(sid)
             del holders[sid]
 
-    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    # No fallback kernels: for an op without a meta kernel they would allocate real inputs.
+    mode = FakeTensorMode(allow_fallback_kernels=False, allow_non_fake_inputs=False)
     with mode:
         env = {n: torch.empty(shape, dtype=dtype, device=device) for n, (shape, dtype) in inputs}
     for name, t in env.items():
