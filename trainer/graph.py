@@ -12,7 +12,8 @@ with its own interpreter (trainer/interpreter.py), whose ops come from an allowl
 (trainer/allowlist.py). The signature must be one int64 (batch, seq_len) input to one
 floating (batch, seq_len, vocab) output, with no mutation; every declared shape must be
 static and bounded before a pass on fake tensors computes the real ones. Any violation raises
-GraphRejected with a message the proposer can learn from. Causality: trainer/probes.py.
+GraphRejected with a message the proposer can learn from. check_model, the causality and
+batch-independence probes, lives in trainer/probes.py and is re-exported here.
 """
 
 from __future__ import annotations
@@ -42,8 +43,17 @@ from trainer.interpreter import (
     run,
     shape_pass,
 )
+from trainer.probes import ProbeReport, check_model
 
-__all__ = ["GraphRejected", "Limits", "LoadedModel", "export_model", "load_model"]
+__all__ = [
+    "GraphRejected",
+    "Limits",
+    "LoadedModel",
+    "ProbeReport",
+    "check_model",
+    "export_model",
+    "load_model",
+]
 
 GRAPH_FILE, INDEX_FILE, WEIGHTS_FILE = "graph.json", "weights.json", "weights.bin"
 MODEL_FILES = (GRAPH_FILE, INDEX_FILE, WEIGHTS_FILE)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from trainer.graph import GraphRejected
+from trainer.interpreter import GraphRejected
 from trainer.prepare import eval_autocast
 
 ATOL = 1e-3  # nats: the largest change of a log-probability the probes let through
@@ -46,8 +46,9 @@ class ProbeReport:
 
 
 def _change(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a - b| over the vocabulary's last axis, max-reduced; equal infinities count as 0."""
-    return torch.where(a == b, 0.0, (a - b).abs()).amax(-1)
+    """max |a - b| over the vocabulary (the last axis); -inf against -inf counts as 0 (NaN
+    log-probabilities were refused before)."""
+    return (a - b).abs_().nan_to_num_(nan=0.0).amax(-1)
 
 
 def check_model(
