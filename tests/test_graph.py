@@ -421,6 +421,21 @@ def test_batch_norm_cannot_keep_state_across_calls(tmp_path, monkeypatch):
     rejected_before_any_op(path, monkeypatch, "training=True: .* running statistics in place")
 
 
+def test_a_size_the_kernel_trusts_is_refused(tmp_path, honest_dir, monkeypatch):
+    def trusted_size(g, _):  # repeat_interleave writes output_size elements, whatever it makes
+        node = first_node(g, "embedding.default")
+        node["target"] = "torch.ops.aten.repeat_interleave.self_int"
+        node["inputs"] = [
+            {"name": "self", "arg": {"as_tensor": {"name": "idx"}}, "kind": 1},
+            {"name": "repeats", "arg": {"as_int": 2}, "kind": 1},
+            {"name": "output_size", "arg": {"as_int": 4}, "kind": 2},
+        ]
+
+    path = copy_of(honest_dir, tmp_path / "m")
+    edit_graph(path, trusted_size)
+    rejected_before_any_op(path, monkeypatch, "output_size: a size it trusts")
+
+
 def test_huge_intermediates_are_rejected_without_allocating(tmp_path, honest_dir, monkeypatch):
     def huge(g, _):  # a node making 1e12 floats, declared as such
         node = first_node(g, "view.default")

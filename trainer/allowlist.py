@@ -10,8 +10,8 @@ with data-dependent output shapes are dropped. That excludes files (aten.from_fi
 (aten._print), uninitialised memory (aten.empty*, new_empty*), randomness (rand*, normal,
 bernoulli, dropout), in-place and out= variants, higher-order ops and anything outside
 `aten`. What the schema cannot say is checked per call by `argument_problem` (no dropout in
-attention, no batch-norm statistics updated in place) and by the interpreter (index bounds,
-output use).
+attention, no batch-norm statistics updated in place, no trusted output sizes) and by the
+interpreter (index bounds, output use).
 """
 
 from __future__ import annotations
@@ -187,6 +187,8 @@ def argument_problem(name: str, args: dict) -> str | None:
         return f"{said} dropout_p={args['dropout_p']}: scoring is not random"
     if args.get("return_debug_mask"):
         return f"{said} return_debug_mask=True"
+    if name == "repeat_interleave" and args.get("output_size") is not None:
+        return f"{said} output_size: a size it trusts, not checks (out-of-bounds on CUDA)"
     if name == "batch_norm" and args.get("training") is not False:
         return f"{said} training=True: it would update its running statistics in place"
     return None
