@@ -3,8 +3,8 @@
 Started by the referee (trainer/referee.py), never by hand. The candidate gets no data files:
 `ctx.batches()` asks the referee for each batch over a pipe, so the referee alone decides the
 data, its order (from the seed) and when the budget is spent. The returned model is exported
-with torch.export to `model.pt2`; the referee evaluates that graph in its own process, so no
-candidate code runs during evaluation.
+by trainer/graph.py (torch.export's JSON graph and raw weights); the referee loads that as
+data and evaluates it in its own process, so no candidate code runs during evaluation.
 """
 
 from __future__ import annotations
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     n_embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     example = torch.zeros(args.eval_batch, args.seq_len, dtype=torch.long, device=ctx.device)
-    with torch.no_grad():
-        program = torch.export.export(model, (example,))
-    torch.export.save(program, args.out / "model.pt2")
+    from trainer.graph import export_model
+
+    export_model(model, example, args.out)
     stats = {
         "num_params": n_params,
         "flops_per_token": 6 * (n_params - n_embed),
