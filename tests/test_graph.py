@@ -196,6 +196,15 @@ def test_honest_models_load_match_eager_and_pass_the_probes(tmp_path, val, make)
     assert forward.stats.nodes > 5 and forward.stats.check_seconds > 0 and report.seconds > 0
 
 
+def test_each_call_starts_from_the_loaded_weights(honest_dir, val):
+    forward = load(honest_dir)
+    x = torch.from_numpy(val[: B * T].astype(np.int64)).view(B, T)
+    before = forward(x).clone()
+    for w in forward.weights.values():  # as a kernel writing into its inputs would
+        w.add_(1)
+    assert torch.equal(forward(x), before)
+
+
 def test_softcapped_gpt_scores_as_its_eager_self(tmp_path, val, monkeypatch):
     monkeypatch.setattr(train_py, "LOGIT_SOFTCAP", 15.0)
     model = gpt()

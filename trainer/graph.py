@@ -11,7 +11,8 @@ the validation split would smuggle it in as weights), parses JSON only, and runs
 with its own interpreter (trainer/interpreter.py), whose ops come from an allowlist
 (trainer/allowlist.py). The signature must be one int64 (batch, seq_len) input to one
 floating (batch, seq_len, vocab) output, with no mutation; every declared shape must be
-static and bounded before a pass on fake tensors computes the real ones. Any violation raises
+static and bounded before a pass on fake tensors computes the real ones; every call starts
+from the weights as loaded, so no call leaves state for the next. Any violation raises
 GraphRejected with a message the proposer can learn from. check_model, the causality and
 batch-independence probes, lives in trainer/probes.py and is re-exported here.
 """
@@ -98,16 +99,23 @@ class GraphStats:
     weight_bytes: int
     peak_bytes: int  # the shape pass's bound on one forward's memory
     work: float  # FLOPs of matmul-like ops plus elements written by the others, per forward
-    read_seconds: float  # files, JSON and weights onto the device
-    check_seconds: float  # structure, metadata and the shape pass
+    read_seconds: float  # files and JSON
+    check_seconds: float  # structure, metadata, the shape pass and weights onto the device
 
 
 class LoadedModel:
-    """A checked graph as a function: (batch, seq_len) int64 tokens -> logits on `device`."""
+    """A checked graph as a function: (batch, seq_len) int64 tokens -> logits on `device`.
+
+    Each call starts from the weights as loaded: a kernel that writes into an input its
+    schema calls read-only (aten.batch_norm's running statistics do) cannot carry state from
+    one call to the next, so what the probes saw is what scoring gets.
+    """
 
     def __init__(self, nodes, weights, names, shape, device, stats):
-        self.nodes, self.weights, self.stats = nodes, weights, stats
+        self.nodes, self.stats = nodes, stats
         self.device = torch.device(device)
+        self.weights = {k: w.clone() for k, w in weights.items()}
+        self._pristine = [(self.weights[k], w) for k, w in weights.items()]
         self.input_name, self.output_name = names
         self.input_shape = shape
 
@@ -116,6 +124,8 @@ class LoadedModel:
             raise ValueError(f"expected int64 tokens of shape {self.input_shape}")
         env = {**self.weights, self.input_name: tokens.to(self.device)}
         with torch.no_grad():
+            for weight, pristine in self._pristine:
+                weight.copy_(pristine)
             run(self.nodes, env, self.device)
         return env[self.output_name]
 
@@ -187,7 +197,8 @@ def _signature(gm: dict) -> tuple[list[str], list[str], str]:
     return order, weights, member(member(arg, "as_tensor", dict, "the output"), "name", str, "")
 
 
-def _load_weights(dir_fd: int, names: list[str], declared: dict, limits: Limits, device):
+def _load_weights(dir_fd: int, names: list[str], declared: dict, limits: Limits):
+    """The weights as CPU tensors over the bytes of weights.bin, checked against the graph."""
     index = _json(_read(dir_fd, INDEX_FILE, MAX_INDEX_BYTES), INDEX_FILE)
     if not isinstance(index, dict) or set(index) != set(names):
         reject(f"{INDEX_FILE} must list exactly the graph's {len(names)} weights")
@@ -212,7 +223,7 @@ def _load_weights(dir_fd: int, names: list[str], declared: dict, limits: Limits,
             t = torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset) != 0
         else:
             t = torch.frombuffer(buf, dtype=dtype, count=math.prod(shape), offset=offset)
-        weights[name] = t.view(shape).to(device)
+        weights[name] = t.view(shape)
     return weights, total
 
 
@@ -305,11 +316,12 @@ def load_model(
                 f"the exported graph returns {shape} {dtype}"
             )
         t1 = time.perf_counter()
-        weights, weight_bytes = _load_weights(dir_fd, weight_names, declared, limits, device)
+        weights, weight_bytes = _load_weights(dir_fd, weight_names, declared, limits)
         read += time.perf_counter() - t1
     finally:
         os.close(dir_fd)
     peak, work = shape_pass(nodes, [(n, declared[n]) for n in order], declared, limits, device)
+    weights = {k: w.to(device) for k, w in weights.items()}
     total = time.perf_counter() - t0
     stats = GraphStats(
         nodes=len(nodes),
