@@ -19,6 +19,7 @@ Layout: $AUTORESEARCH_CACHE (default ~/.cache/autoresearch-cluster)/<dataset>-v<
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
@@ -317,10 +318,8 @@ def load_eval_data(data: Path) -> tuple[np.ndarray, np.ndarray, dict]:
 EVAL_ORDER_SEED = 0  # the fixed order in which validation rows are batched
 
 
-def eval_autocast(device: str):
+def eval_autocast(device: str) -> contextlib.AbstractContextManager:
     """The precision forward passes are scored in: bf16 autocast on CUDA, plain on CPU."""
-    import contextlib
-
     import torch
 
     if device.startswith("cuda"):
