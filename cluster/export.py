@@ -39,6 +39,7 @@ _STRING = (
     "node",
     "error",
     "log_path",
+    "confinement",
 )
 _INT = ("rank", "round", "island", "prompt_tokens", "completion_tokens", "seed", "num_steps")
 _BOOL = ("self_reported", "merged")
