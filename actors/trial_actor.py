@@ -18,7 +18,8 @@ from pathlib import Path
 import ray
 
 from cluster.gitops import Clone
-from cluster.records import TrialResult, TrialSpec
+from cluster.records import TrialSpec
+from trainer.results import TrialResult
 
 
 class TrialActor:

@@ -7,8 +7,10 @@ and the ledger (runs/<tag>/trials.jsonl) needs no custom encoder.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from trainer.results import TrialResult  # noqa: F401
 
 # Ledger statuses. keep/discard/crash are autoresearch's; the rest say why a trial has no metric.
 STATUSES = ("keep", "discard", "crash", "timeout", "invalid", "lost")
@@ -47,30 +49,6 @@ class TrialSpec:
     budget: str
     target: str = "trainer/train.py"
     protocol: str = "referee"  # or "autoresearch" (self-reported metric)
-
-
-@dataclass
-class TrialResult:
-    """What the referee measured. status is one of ok, crash, timeout, invalid, lost."""
-
-    status: str
-    val_bpb: float | None = None
-    training_seconds: float | None = None
-    total_seconds: float | None = None
-    num_steps: int | None = None
-    total_tokens_M: float | None = None
-    num_params_M: float | None = None
-    peak_vram_mb: float | None = None
-    mfu: float | None = None
-    gpu_name: str = ""
-    node: str = ""
-    error: str = ""  # tail of the error or log when the trial failed
-    log_path: str = ""
-    self_reported: bool = False  # protocol=autoresearch: the metric came from train.py's output
-    confinement: str = ""  # what held the trial: namespaces, landlock or none
-    started: float | None = None
-    ended: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def asdict(record: Any) -> dict[str, Any]:

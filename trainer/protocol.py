@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cluster.records import TrialResult
 from trainer import sandbox
+from trainer.results import TrialResult
 
 
 def _tail(path: Path, n: int = 3000) -> str:

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from cluster.records import TrialResult
 from trainer import confine, guard, sandbox
 from trainer.batches import BatchServer
 from trainer.budget import Budget, BudgetClock
 from trainer.prepare import evaluate_bpb, load_eval_data
 from trainer.protocol import _tail
+from trainer.results import TrialResult
 from trainer.sandbox import MAX_FILE_BYTES
 
 # Dense bf16 peak FLOP/s by GPU name fragment, for MFU.
