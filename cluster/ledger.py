@@ -9,7 +9,12 @@ After every append the ledger also rewrites runs/<tag>/results.tsv, autoresearch
 five columns first (commit, val_bpb, memory_gb, status, description), ours after, so the
 upstream analysis notebook reads it unchanged.
 
+A row is a cluster.rows.TrialRow (the schema) or a dict of its fields; either way its status
+and kind are checked against the enums, and `rows()` gives plain dicts as the file holds them
+(`TrialRow.from_dict` types one). MemoryLedger has the same interface and writes nothing.
+
     ledger = Ledger(Path("runs/mar5"))
+    ledger.append(TrialRow.build(spec, proposal, result))   # or a dict of the same fields
     ledger.append({"trial_id": "r001-c03", "status": "discard", "val_bpb": 0.9981, ...})
     rows = ledger.rows()
 """
@@ -25,49 +30,24 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from cluster.records import KINDS, STATUSES
+from cluster.rows import FAILED, FIELDS, Kind, Status, TrialRow
+from cluster.rundir import RunDir
+
+__all__ = [
+    "FAILED",
+    "FIELDS",
+    "TSV_COLUMNS",
+    "TSV_EXTRA",
+    "Ledger",
+    "MemoryLedger",
+    "TrialRow",
+    "format_results_tsv",
+]
 
 log = logging.getLogger(__name__)
 
-# Every field a ledger row may carry, in the order exports show them. Any may be None.
-FIELDS = (
-    "trial_id",
-    "round",
-    "island",
-    "kind",
-    "parent_sha",
-    "commit_sha",
-    "proposer",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
-    "description",
-    "status",
-    "val_bpb",
-    "seed",
-    "budget",
-    "training_seconds",
-    "total_seconds",
-    "num_steps",
-    "total_tokens_M",
-    "num_params_M",
-    "peak_vram_mb",
-    "mfu",
-    "gpu_name",
-    "node",
-    "started",
-    "ended",
-    "error",
-    "log_path",
-    "self_reported",
-    "confinement",  # what held the trial: namespaces, landlock or none
-    "merged",  # the campaign branch fast-forwarded to this commit because of this row
-    "noise",  # the noise estimate (std of val_bpb) when the row was decided
-    "incumbent_bpb",  # mean val_bpb of the row's parent (the incumbent it ran against) then
-)
-# Statuses without a usable metric: such rows are never ranked.
-FAILED = ("crash", "timeout", "invalid", "lost")
+# FIELDS (every field a ledger row may carry, in the order exports show them) and FAILED (the
+# statuses without a usable metric) come from cluster.rows, whose TrialRow is the schema.
 
 # autoresearch's results.tsv columns, then ours.
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
@@ -87,27 +67,30 @@ TSV_EXTRA = (
     "cost",
 )
 _TSV_FORMATS = {"training_seconds": "{:.1f}", "cost": "{:.6f}"}
-
-TRIALS_FILE = "trials.jsonl"
-RESULTS_FILE = "results.tsv"
-CONFIG_FILE = "config.json"
+if not set(TSV_EXTRA) <= set(FIELDS):  # a renamed TrialRow field must not empty a column
+    raise ImportError(f"results.tsv columns not in TrialRow: {set(TSV_EXTRA) - set(FIELDS)}")
 
 
 class Ledger:
-    """Append-only trial log of one campaign directory. Appends are thread-safe."""
+    """Append-only trial log of one campaign directory. Appends are thread-safe.
 
-    def __init__(self, run_dir: Path | str) -> None:
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / TRIALS_FILE
-        self.tsv_path = self.run_dir / RESULTS_FILE
-        self.config_path = self.run_dir / CONFIG_FILE
+    durable=False skips the fsyncs (a simulator's or a test's scratch campaign: a machine
+    crash may then lose the last rows); MemoryLedger writes no file at all.
+    """
+
+    def __init__(self, run_dir: Path | str, durable: bool = True) -> None:
+        self.files = RunDir(Path(run_dir))
+        self.run_dir = self.files.path
+        self.path = self.files.ledger
+        self.tsv_path = self.files.results_tsv
+        self.config_path = self.files.config
+        self.durable = durable
         self._lock = threading.RLock()
         self._rows: list[dict[str, Any]] | None = None  # cache for the TSV, loaded on first append
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Write one row durably (flush + fsync), then refresh results.tsv."""
-        _check(row)
-        line = json.dumps(_finite(row), allow_nan=False, ensure_ascii=False) + "\n"
+    def append(self, row: TrialRow | dict[str, Any]) -> None:
+        """Write one row (flush, and fsync when durable), then refresh results.tsv."""
+        line = json.dumps(_normal(row), allow_nan=False, ensure_ascii=False) + "\n"
         with self._lock:
             if self._rows is None:
                 self._rows = self.rows()
@@ -120,11 +103,12 @@ class Ledger:
                     f.write(b"\n")
                 f.write(line.encode())
                 f.flush()
-                os.fsync(f.fileno())
-            if created:
+                if self.durable:
+                    os.fsync(f.fileno())
+            if created and self.durable:
                 _fsync_dir(self.run_dir)
             self._rows.append(json.loads(line))
-            _atomic_write(self.tsv_path, format_results_tsv(self._rows))
+            _atomic_write(self.tsv_path, format_results_tsv(self._rows), self.durable)
 
     def rows(self) -> list[dict[str, Any]]:
         """All rows in append order. Lines that do not parse (a torn write) are skipped."""
@@ -155,7 +139,8 @@ class Ledger:
     def write_config(self, config: dict[str, Any]) -> None:
         """Write run_dir/config.json atomically (the campaign's settings, for resume)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+        _atomic_write(self.config_path, text, self.durable)
 
     def read_config(self) -> dict[str, Any] | None:
         """The campaign's config.json, or None when the campaign has none yet."""
@@ -163,6 +148,40 @@ class Ledger:
             return json.loads(self.config_path.read_text())
         except FileNotFoundError:
             return None
+
+
+class MemoryLedger:
+    """Ledger's interface with nothing written: rows and config live in this object.
+
+    For a simulator's tens of thousands of appends (no fsync, no results.tsv, no file). Rows
+    are checked and stored as Ledger would read them back: JSON-native, NaN as None.
+    `run_dir` is only a label here (None or a path); nothing is created there.
+    """
+
+    durable = False
+
+    def __init__(self, run_dir: Path | str | None = None) -> None:
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.path = None  # no trials.jsonl
+        self._lock = threading.Lock()
+        self._rows: list[dict[str, Any]] = []
+        self._config: str | None = None
+
+    def append(self, row: TrialRow | dict[str, Any]) -> None:
+        checked = _normal(row)
+        with self._lock:
+            self._rows.append(checked)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """All rows in append order (copies, as a Ledger's rows() are fresh from the file)."""
+        with self._lock:
+            return [dict(r) for r in self._rows]
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self._config = json.dumps(config)  # refused here if config.json could not hold it
+
+    def read_config(self) -> dict[str, Any] | None:
+        return None if self._config is None else json.loads(self._config)
 
 
 def format_results_tsv(rows: list[dict[str, Any]]) -> str:
@@ -192,17 +211,16 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).replace("\t", " ").splitlines())
 
 
-def _check(row: dict[str, Any]) -> None:
-    status, kind = row.get("status"), row.get("kind")
-    if status is not None and status not in STATUSES:
-        raise ValueError(f"ledger row status {status!r} is not one of {STATUSES}")
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"ledger row kind {kind!r} is not one of {KINDS}")
-
-
-def _finite(row: dict[str, Any]) -> dict[str, Any]:
-    # NaN/inf (a diverged run) become null: the ledger stays strict JSON for jq and friends.
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+def _normal(row: TrialRow | dict[str, Any]) -> dict[str, Any]:
+    """The row as the ledger stores it: status and kind checked and plain strings, and NaN or
+    inf (a diverged run) as null, so the ledger stays strict JSON for jq and friends."""
+    if isinstance(row, TrialRow):
+        row = row.to_dict()
+    out = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    for key, enum in (("status", Status), ("kind", Kind)):
+        if out.get(key) is not None:
+            out[key] = enum.parse(out[key]).value
+    return out
 
 
 def _ends_torn(path: Path) -> bool:
@@ -222,13 +240,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; these files are meant to be shared
         os.replace(tmp, path)
     except BaseException:
