@@ -171,13 +171,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_dir(args: argparse.Namespace) -> Path:
     from cluster.gitops import GitError, repo_root
+    from cluster.rundir import RunDir
 
     try:
         root = repo_root(args.repo)
     except GitError:
         root = args.repo.resolve()
     path = root / "runs" / args.tag
-    if not (path / "trials.jsonl").exists():
+    if not RunDir(path).ledger.exists():
         sys.exit(
             f"error: no campaign {args.tag!r} at {path} (start one with "
             f"`autoresearch run --tag {args.tag}`)"

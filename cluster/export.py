@@ -23,31 +23,24 @@ from typing import IO, Any
 
 import pandas as pd
 
-from cluster.ledger import FAILED, FIELDS, Ledger
+from cluster.ledger import Ledger
+from cluster.rows import FAILED, FIELDS, Kind, field_types
 
-_STRING = (
-    "trial_id",
-    "kind",
-    "parent_sha",
-    "commit_sha",
-    "proposer",
-    "model",
-    "description",
-    "status",
-    "budget",
-    "gpu_name",
-    "node",
-    "error",
-    "log_path",
-    "confinement",
-)
-_INT = ("rank", "round", "island", "prompt_tokens", "completion_tokens", "seed", "num_steps")
-_BOOL = ("self_reported", "merged")
-# Everything else in FIELDS, plus gain, is a float.
-DTYPES: dict[str, str] = dict.fromkeys(("rank", *FIELDS, "gain"), "Float64")
-DTYPES |= dict.fromkeys(_STRING, "string") | dict.fromkeys(_INT, "Int64")
-DTYPES |= dict.fromkeys(_BOOL, "boolean")
-# The columns in exports: rank first, gain beside val_bpb, unknown extra fields last.
+
+def _nullable(value_type: type) -> str:
+    """pandas' nullable dtype for a TrialRow field's type (Status and Kind are strs)."""
+    for base, dtype in ((bool, "boolean"), (str, "string"), (int, "Int64"), (float, "Float64")):
+        if issubclass(value_type, base):  # bool first: it is an int too
+            return dtype
+    raise TypeError(f"no pandas dtype for TrialRow fields of type {value_type!r}")
+
+
+# A column per TrialRow field, typed from its annotation, plus rank and gain.
+DTYPES: dict[str, str] = {name: _nullable(t) for name, t in field_types().items()}
+DTYPES |= {"rank": "Int64", "gain": "Float64"}
+_STRING = tuple(name for name, dtype in DTYPES.items() if dtype == "string")
+# The columns in exports: rank first, gain beside val_bpb, then the rest of TrialRow's fields
+# in their order, then any unknown extra fields a row carries.
 COLUMNS = ("rank", *FIELDS[: FIELDS.index("val_bpb") + 1], "gain")
 COLUMNS += tuple(f for f in FIELDS if f not in COLUMNS)
 
@@ -164,7 +157,7 @@ def campaign_summary(rows: list[dict[str, Any]], workers: int | None = None) -> 
     """
     scored = [r for r in rows if r.get("val_bpb") is not None and r.get("status") not in FAILED]
     best = min(scored, key=lambda r: r["val_bpb"], default=None)
-    baselines = [r for r in scored if r.get("kind") == "baseline"]
+    baselines = [r for r in scored if r.get("kind") == Kind.BASELINE]
     first = baselines[0]["val_bpb"] if baselines else None
     merged = [r for r in rows if r.get("merged")]
     starts = [r["started"] for r in rows if r.get("started") is not None]

@@ -20,8 +20,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cluster.export import FAILED, MD_COLUMNS, campaign_summary, markdown_table, trials_frame
+from cluster.export import MD_COLUMNS, campaign_summary, markdown_table, trials_frame
 from cluster.ledger import Ledger
+from cluster.rows import FAILED, Kind
+from cluster.rundir import RunDir
 
 # Island 0 is autoresearch's green; the rest avoid the grey of discards and the red of failures.
 ISLAND_COLOURS = ("#2ecc71", "#3498db", "#e67e22", "#9b59b6", "#f1c40f", "#1abc9c", "#e84393")
@@ -38,7 +40,8 @@ def make_report(
     `tag` defaults to the directory name, `workers` to config.json's "workers" (it is only
     needed for the busy fraction).
     """
-    run_dir = Path(run_dir)
+    files = RunDir(Path(run_dir))
+    run_dir = files.path
     ledger = Ledger(run_dir)
     rows = ledger.rows()
     tag = tag or run_dir.name
@@ -46,10 +49,10 @@ def make_report(
         configured = (ledger.read_config() or {}).get("workers")
         workers = configured if isinstance(configured, int) else None
     run_dir.mkdir(parents=True, exist_ok=True)
-    png = run_dir / "progress.png"
+    png = files.progress_png
     fig = progress_figure(rows, title=f"{tag}: {_plot_title(rows)}")
     fig.savefig(png, dpi=130, bbox_inches="tight")
-    md = run_dir / "report.md"
+    md = files.report_md
     md.write_text(report_markdown(rows, tag, workers, png.name), encoding="utf-8")
     return png, md
 
@@ -88,8 +91,8 @@ def progress_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
     merged = ok["merged"].fillna(False)
     shown = ok[ok["val_bpb"] <= ceiling]
     plain = shown[~merged.loc[shown.index]]
-    disc = plain[plain["kind"] != "baseline"]
-    disc = disc[disc["kind"] != "confirm"]
+    disc = plain[plain["kind"] != Kind.BASELINE]
+    disc = disc[disc["kind"] != Kind.CONFIRM]
     if len(disc):
         ax.scatter(
             disc["x"],
@@ -100,7 +103,7 @@ def progress_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
             zorder=2,
             label=f"discarded ({len(disc)})",
         )
-    base = plain[plain["kind"] == "baseline"]
+    base = plain[plain["kind"] == Kind.BASELINE]
     if len(base):
         ax.scatter(
             base["x"],
@@ -112,7 +115,7 @@ def progress_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
             zorder=2,
             label=f"baseline replicate ({len(base)})",
         )
-    conf = plain[plain["kind"] == "confirm"]
+    conf = plain[plain["kind"] == Kind.CONFIRM]
     if len(conf):
         ax.scatter(
             conf["x"],
@@ -255,7 +258,7 @@ def _incumbent_levels(df: pd.DataFrame) -> list[tuple[float, float]]:
     then each merged winner, as a running minimum."""
     levels: list[tuple[float, float]] = []
     ok = df[df["val_bpb"].notna() & ~df["status"].isin(FAILED).fillna(False)]
-    base = ok[ok["kind"] == "baseline"]
+    base = ok[ok["kind"] == Kind.BASELINE]
     if len(base):
         shas = base["commit_sha"].fillna("")
         first = base[shas == shas.iloc[0]]  # replicates of the campaign's starting code

@@ -13,12 +13,14 @@ from pathlib import Path
 from cluster.export import campaign_summary
 from cluster.gate import Gate
 from cluster.ledger import Ledger
+from cluster.rundir import RunDir
 
 
 def status_text(run_dir: Path, tag: str) -> str:
-    ledger = Ledger(run_dir)
+    files = RunDir(Path(run_dir))
+    ledger = Ledger(files.path)
     rows, config = ledger.rows(), ledger.read_config() or {}
-    journal = run_dir / "inflight.json"
+    journal = files.journal
     journaled = json.loads(journal.read_text()) if journal.exists() else {}
     running = {k: v for k, v in journaled.items() if not v.get("queued")}
     queued = len(journaled) - len(running)  # async: follow-ups waiting for a worker
@@ -27,8 +29,9 @@ def status_text(run_dir: Path, tag: str) -> str:
     s = campaign_summary(rows, workers=ready if isinstance(ready, int) else None)
     merged = [r for r in rows if r.get("merged")]
     inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
-    if (run_dir / "islands.json").exists():  # population: the best island's incumbent
-        scored = [i for i in json.loads((run_dir / "islands.json").read_text()) if i["mean"]]
+    islands = files.islands
+    if islands.exists():  # population: the best island's incumbent
+        scored = [i for i in json.loads(islands.read_text()) if i["mean"]]
         if scored:
             inc_sha = min(scored, key=lambda i: i["mean"])["sha"]
     inc_runs = Gate.runs_by_commit(rows).get(inc_sha, [])
@@ -69,8 +72,7 @@ def status_text(run_dir: Path, tag: str) -> str:
             "note       CPU trials share each machine's cores (threads split between "
             "workers); their timings are not GPU timings"
         )
-    islands = run_dir / "islands.json"  # population: one line per island
-    if islands.exists():
+    if islands.exists():  # population: one line per island
         for isl in json.loads(islands.read_text()):
             mean = f"{isl['mean']:.4f}" if isl.get("mean") is not None else "-"
             lines.append(

@@ -6,6 +6,7 @@ Run: pytest tests/test_ledger_export.py -q
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -14,6 +15,7 @@ import os
 import stat
 import sys
 import threading
+import typing
 
 import pandas as pd
 import pytest
@@ -25,10 +27,12 @@ from cluster.export import (
     load_results,
     markdown_table,
     read_results,
+    trials_frame,
     write_results,
 )
 from cluster.ledger import FIELDS, TSV_COLUMNS, TSV_EXTRA, Ledger
 from cluster.report import make_report, progress_figure
+from cluster.rows import Kind, Status, TrialRow
 
 T0 = 1_760_000_000.0
 BASE_SHA = "3f9a1c2e8b7d6a5f4e3d2c1b0a9f8e7d6c5b4a39"
@@ -240,6 +244,25 @@ def test_results_are_ranked_with_ties_sharing_the_min_and_failures_last(run_dir)
     assert str(df["val_bpb"].dtype) == "Float64" and str(df["rank"].dtype) == "Int64"
     assert df.loc[0, "gain"] == pytest.approx(0.990458 - 0.987012)
     assert df.set_index("trial_id")["gain"].isna()["r0-b0"]  # no incumbent to compare with
+
+
+def test_export_columns_are_trial_rows_fields_with_rank_and_gain_and_typed_by_them(run_dir):
+    df = load_results(run_dir)
+    names = [f.name for f in dataclasses.fields(TrialRow)]
+    at = names.index("val_bpb") + 1
+    assert list(df.columns) == ["rank", *names[:at], "gain", *names[at:]]
+    hints = typing.get_type_hints(TrialRow)
+    want = {int | None: "Int64", float | None: "Float64", str | None: "string", Kind: "string"}
+    want |= {Status: "string", str: "string", bool: "boolean", bool | None: "boolean"}
+    assert {c: str(df[c].dtype) for c in names} == {c: want[hints[c]] for c in names}
+    assert str(df["rank"].dtype) == "Int64" and str(df["gain"].dtype) == "Float64"
+
+
+def test_unknown_extra_fields_follow_trial_rows_fields():
+    rows = [trial("r1-c0", status="keep", val_bpb=0.99) | {"shard": 3, "extra": {"a": 1}}]
+    df = trials_frame(rows)
+    assert list(df.columns[-3:]) == ["recorded", "shard", "extra"]
+    assert df.loc[0, "extra"] == '{"a": 1}'
 
 
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet", "json"])
