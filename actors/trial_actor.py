@@ -62,13 +62,13 @@ class TrialActor:
 
         The clone is made here and re-checked per trial, not in __init__: a restarted actor
         (on another node, say) re-clones from the bundle its next call carries."""
-        from trainer.prepare import prepare
-        from trainer.referee import (
+        from trainer.confine_spec import (
             NO_CONFINEMENT,
             describe_confinement,
             resolve_confinement,
-            resolve_device,
         )
+        from trainer.prepare import prepare
+        from trainer.referee import resolve_device
 
         confinement = resolve_confinement(self.sandbox)  # raises for an unavailable one
         if confinement == "none" and self.sandbox == "auto" and self.untrusted:

@@ -20,14 +20,6 @@ from pathlib import Path
 from trainer import sandbox
 from trainer.results import TrialResult
 
-
-def _tail(path: Path, n: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
 _SUMMARY_KEYS = (
     "val_bpb",
     "training_seconds",
@@ -120,15 +112,9 @@ def run_autoresearch_protocol(
             start_new_session=True,
             preexec_fn=sandbox.child_limits(),
         )
-        reason = ""
-        while proc.poll() is None:
-            if cancelled():
-                reason = "cancelled"
-            elif time.monotonic() - t_start > timeout:
-                reason = f"hard deadline of {timeout:.0f}s reached"
-            if reason:
-                break
-            time.sleep(0.1)
+        reason = sandbox.watch(
+            proc, started=t_start, hard_timeout=timeout, cancelled=cancelled, interval=0.1
+        )
         sandbox.kill_tree(proc, spare)
     common = dict(
         log_path=str(log_path),
@@ -141,10 +127,10 @@ def run_autoresearch_protocol(
     if reason:
         status = "lost" if reason == "cancelled" else "timeout"
         return TrialResult(status=status, error=f"killed: {reason}", **common)
-    summary = parse_summary(_tail(Path(log_path), 20000))
+    summary = parse_summary(sandbox.tail(log_path, 20000))
     if proc.returncode != 0 or "val_bpb" not in summary:
         return TrialResult(
-            status="crash", error=f"exit code {proc.returncode}\n{_tail(Path(log_path))}", **common
+            status="crash", error=f"exit code {proc.returncode}\n{sandbox.tail(log_path)}", **common
         )
 
     def get(k):

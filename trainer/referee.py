@@ -9,8 +9,9 @@ exported graph; this process, which loaded the validation split and the evaluato
 candidate code ran, loads that graph as data (trainer/graph.py: an op allowlist, no
 unpickling), probes it for causality and batch independence and scores it.
 
-A trial is planned (`plan`), launched confined (`_launch`), watched against the referee's own
-clock (`_watch`), then scored (`_score`).
+A trial is planned (`plan`), launched confined (`_launch`; the launcher's command and the
+confinement a node offers: trainer/confine_spec.py), watched against the referee's own clock
+(`_watch`, on trainer/sandbox.py's `watch`), judged (`_verdict`), then scored (`_score`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import confine, guard, sandbox
+from trainer import confine_spec, guard, sandbox
 from trainer.batches import BatchServer
 from trainer.budget import Budget, BudgetClock
+from trainer.confine_spec import ConfinementError, resolve_confinement
 from trainer.prepare import evaluate_bpb, load_eval_data
-from trainer.protocol import _tail
 from trainer.results import TrialResult
 from trainer.sandbox import MAX_FILE_BYTES
 
@@ -46,17 +47,6 @@ PEAK_FLOPS = {
     "A10G": 70e12,
     "L4": 121e12,
 }
-SANDBOX_MODES = ("auto", "on", "namespaces", "landlock", "off")
-NO_CONFINEMENT = (
-    "no confinement: the trial runs as the referee's user with only an environment allowlist, "
-    "its own process group and a file-size limit; it can read and write whatever that user "
-    "can (other trials' files, the referee's code, ~/.ray/auth_token, /proc/<pid>/environ of "
-    "the referee) and open network connections"
-)
-
-
-class ConfinementError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -67,7 +57,7 @@ class TrialConfig:
     data_seed: int | None = None  # order of training batches; None: the same as seed
     device: str = "auto"  # auto | cpu | cuda
     threads: int | None = None  # CPU threads for the trial (torch, OMP, MKL)
-    sandbox: str = "auto"  # one of SANDBOX_MODES; see resolve_confinement
+    sandbox: str = "auto"  # see trainer.confine_spec.resolve_confinement
     hard_timeout: float | None = None  # whole-trial kill; default from the budget
     warmup_steps: int | None = None  # time budgets: batches excluded (10 on GPU, 1 on CPU)
     warmup_allowance: float | None = None  # at most this many seconds of warm-up excluded
@@ -85,41 +75,6 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_confinement(mode: str) -> str:
-    """The confinement a trial gets here: "namespaces", "landlock" or "none".
-
-    auto: the best this node offers, "none" when it offers nothing (the driver then refuses
-    untrusted proposers); on: the best, or an error; namespaces / landlock: that one, or an
-    error; off: none.
-    """
-    if mode not in SANDBOX_MODES:
-        raise ConfinementError(f"unknown sandbox {mode!r}; use one of {', '.join(SANDBOX_MODES)}")
-    if mode == "off":
-        return "none"
-    have = confine.available()
-    if mode in ("auto", "on") and have:
-        return have[0]
-    if mode == "auto":
-        return "none"
-    if mode in have:
-        return mode
-    raise ConfinementError(
-        f"sandbox={mode} cannot confine trials on this node: "
-        f"{describe_confinement()}. `--sandbox off` would run them with {NO_CONFINEMENT}"
-    )
-
-
-def describe_confinement() -> str:
-    have = confine.available()
-    if have:
-        return "it offers " + " and ".join(have)
-    return (
-        "it offers neither unprivileged user namespaces (kernel.unprivileged_userns_clone, "
-        "user.max_user_namespaces, or AppArmor's restrict_unprivileged_userns may forbid them) "
-        f"nor Landlock (Linux 5.13+, landlock in the lsm= boot list; ABI {confine.landlock_abi()})"
-    )
 
 
 @dataclass
@@ -164,26 +119,42 @@ def plan(cfg: TrialConfig, device: str) -> _Plan:
     )
 
 
-def _mfu(flops_per_token: float, tokens: int, seconds: float, gpu: str) -> float | None:
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in gpu), None)
+def _mfu(stats: dict, clock: BudgetClock) -> float | None:
+    """Model FLOPs utilization in percent of the GPU's dense bf16 peak, from the FLOPs per
+    token the trial says its model takes (shown, never judged)."""
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in stats.get("gpu_name", "")), None)
+    seconds = clock.training_seconds()
     if not peak or seconds <= 0:
         return None
-    return 100.0 * flops_per_token * tokens / seconds / peak
+    mfu = 100.0 * stats.get("flops_per_token", 0.0) * clock.tokens / seconds / peak
+    return round(mfu, 2) if mfu else None
 
 
-def _gpu_devices() -> list[str]:
-    return sorted(n for n in os.listdir("/dev") if n.startswith("nvidia"))
+@dataclass
+class _Running:
+    """A launched trial: the harness, the server of its batches, the processes that were
+    already ours (not to be killed with it) and why its confinement failed ("" if it holds)."""
+
+    proc: subprocess.Popen
+    server: BatchServer
+    spare: set[int]
+    failed: str
+
+    def stop(self, clock: BudgetClock) -> None:
+        clock.returned()  # a trial that never said so returned when it exited or was killed
+        sandbox.kill_tree(self.proc, self.spare)
+        self.server.join(timeout=5)
 
 
 def _launch(
-    p: _Plan, cfg: TrialConfig, source: Path, scratch: Path, manifest: dict, logf
-) -> tuple[subprocess.Popen, int, int, str]:
-    """Start the harness confined; returns the process, the referee's ends of the pipes and
-    why the confinement failed ("" when it holds)."""
+    p: _Plan, cfg: TrialConfig, train_py: Path, scratch: Path, manifest: dict, log_path: Path
+) -> _Running:
+    """Start the harness on a copy of `train_py`, confined, and the server of its batches."""
     code_dir = Path(__file__).resolve().parent  # not trainer.__file__: a repo may shadow it
     out = scratch / "out"
     out.mkdir()
-    shutil.copyfile(source, scratch / "train.py")
+    shutil.copyfile(train_py, scratch / "train.py")
+    train = np.memmap(Path(cfg.data) / "train.bin", dtype=np.uint16, mode="r")
     req_r, req_w = os.pipe()
     data_r, data_w = os.pipe()
     status_r, status_w = os.pipe() if p.confinement != "none" else (None, None)
@@ -201,86 +172,62 @@ def _launch(
         ("--data-fd", data_r),
     ):
         cmd += [flag, str(value)]
-    if p.confinement != "none":
-        on_gpu = p.device.startswith("cuda")
-        uid = confine.trial_uid() if p.confinement == "namespaces" else os.getuid()
-        spec = {
-            "mode": p.confinement,
-            "ro": confine.python_paths()
-            + [str(code_dir)]
-            + (["/sys", "/proc/driver/nvidia"] if on_gpu else []),
-            "rw": [str(scratch)],
-            "dev": _gpu_devices() if on_gpu else [],
-            "uid": uid,
-            "gid": uid if uid != os.getuid() else os.getgid(),
-            "cwd": str(scratch),
-            "status_fd": status_w,
-        }
-        if uid != os.getuid():
-            for d in (scratch, out):
-                os.chown(d, uid, spec["gid"])
-        cmd = [sys.executable, "-S", "-m", "trainer.confine", json.dumps(spec), "--", *cmd]
+    if status_w is not None:
+        cmd = confine_spec.launcher(
+            cmd,
+            mode=p.confinement,
+            device=p.device,
+            code_dir=code_dir,
+            scratch=scratch,
+            owned=(scratch, out),
+            status_fd=status_w,
+        )
     env = sandbox.trial_env(scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent)})
-    proc = subprocess.Popen(
-        cmd,
-        cwd=scratch,
-        env=env,
-        stdout=logf,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        pass_fds=tuple(fd for fd in (req_w, data_r, status_w) if fd is not None),
-        start_new_session=True,
-        preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
-    )
+    sandbox.become_subreaper()
+    spare = set(sandbox.descendants(os.getpid()))
+    with open(log_path, "w") as logf:
+        logf.write(
+            f"# trial {train_py} budget={cfg.budget} seed={cfg.seed} device={p.device} "
+            f"confinement={p.confinement}\n"
+        )
+        logf.flush()
+        proc = subprocess.Popen(
+            cmd,
+            cwd=scratch,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            pass_fds=tuple(fd for fd in (req_w, data_r, status_w) if fd is not None),
+            start_new_session=True,
+            preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
+        )
     os.close(req_w)
     os.close(data_r)
-    if status_w is None:
-        return proc, req_r, data_w, ""
-    os.close(status_w)
-    return proc, req_r, data_w, _read_until_exec(status_r)
-
-
-def _read_until_exec(fd: int, timeout: float = 60.0) -> str:
-    """The launcher's word on the confinement: nothing (its end closed by the exec of the
-    harness) means it holds; a message means it failed."""
-    import select
-
-    chunks, deadline = [], time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                return "the confinement launcher did not start the trial within 60s"
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                return b"".join(chunks).decode(errors="replace")
-            chunks.append(chunk)
-        return "the confinement launcher did not start the trial within 60s"
-    finally:
-        os.close(fd)
+    failed = ""
+    if status_w is not None:
+        os.close(status_w)
+        failed = confine_spec.read_status(status_r)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    server = BatchServer(
+        train, p.clock, data_seed, manifest["seq_len"], manifest["vocab_size"], req_r, data_w
+    )
+    server.start()
+    return _Running(proc, server, spare, failed)
 
 
 def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, cancelled) -> str:
-    """Wait for the trial; the reason it was killed, or "" when it exited by itself."""
-    clock, next_mem_check, pace_limit = p.clock, 0.0, None
-    while proc.poll() is None:
-        now = time.monotonic()
-        if cfg.memory_limit_mb and now >= next_mem_check:
-            next_mem_check = now + 1.0
-            rss = sandbox.tree_rss_mb(proc.pid)
-            if rss > cfg.memory_limit_mb:
-                return (
-                    f"used {rss:.0f} MiB of memory, over its share of {cfg.memory_limit_mb:.0f} MiB"
-                )
+    """Wait for the trial, against the referee's own clock of its budget; the reason it was
+    killed, or "" when it exited by itself."""
+    clock, pace_limit = p.clock, None
+
+    def check(now: float) -> str:
+        nonlocal pace_limit
         if pace_limit is None and clock.clock_start is not None and clock.progress(now) >= 0.1:
             # A deterministic budget's deadline follows the trial's own pace: 4x what its
             # first tenth predicts (at least a minute), whatever else the node runs.
             predicted = (now - clock.clock_start) / clock.progress(now)
             pace_limit = clock.clock_start + max(60.0, 4 * predicted)
-        if cancelled():
-            return "cancelled"
-        if p.hard_timeout is not None and now - t_start > p.hard_timeout:
-            return f"hard deadline of {p.hard_timeout:.0f}s reached"
         if clock.first_batch_at is None:
             if now - t_start > p.startup_allowance:
                 return f"no training batch requested within {p.startup_allowance:.0f}s"
@@ -298,8 +245,32 @@ def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, c
             and now > pace_limit
         ):
             return "ran 4x longer than its first tenth of the budget predicted"
-        time.sleep(0.05)
-    return ""
+        return ""
+
+    return sandbox.watch(
+        proc,
+        started=t_start,
+        hard_timeout=p.hard_timeout,
+        cancelled=cancelled,
+        memory_limit_mb=cfg.memory_limit_mb,
+        check=check,
+    )
+
+
+def _verdict(p: _Plan, trial: _Running, reason: str, log_path: Path) -> tuple[str, str]:
+    """The status and error of a trial that ran; ("", "") when its model is to be scored."""
+    if reason == "cancelled":
+        return "lost", "cancelled by the driver"
+    if reason:  # over its memory share it crashed; any other kill is a timeout
+        status = "crash" if reason.startswith("used ") else "timeout"
+        return status, f"killed: {reason}\n{sandbox.tail(log_path)}"
+    if trial.failed:  # the node's fault, not the candidate's; said so, never re-run blind
+        return "crash", f"{trial.failed} (on {os.uname().nodename})"
+    if trial.proc.returncode != 0:
+        return "crash", f"exit code {trial.proc.returncode}\n{sandbox.tail(log_path)}"
+    if p.clock.overrun() > p.overrun_allowance():
+        return "invalid", f"kept training {p.clock.overrun():.1f}s after its budget ended"
+    return "", ""
 
 
 def _score(p: _Plan, out: Path, manifest: dict, val, token_bytes) -> tuple[float, dict]:
@@ -357,8 +328,7 @@ def run_trial(
             **kw,
         )
 
-    source = Path(train_py).read_text()
-    problems = guard.referee_violations(source)
+    problems = guard.referee_violations(Path(train_py).read_text())
     if problems:
         log_path.write_text("rejected by the referee guard:\n" + "\n".join(problems) + "\n")
         return result("invalid", "reaches into the referee: " + "; ".join(problems))
@@ -367,7 +337,7 @@ def run_trial(
     except ConfinementError as e:
         log_path.write_text(f"{e}\n")
         return result("invalid", str(e))
-    confinement = p.confinement
+    confinement, clock = p.confinement, p.clock
 
     # Everything the score depends on is loaded before any candidate code runs.
     import torch  # noqa: F401
@@ -375,76 +345,32 @@ def run_trial(
     from trainer import graph  # noqa: F401
 
     val, token_bytes, manifest = load_eval_data(cfg.data)
-    train = np.memmap(Path(cfg.data) / "train.bin", dtype=np.uint16, mode="r")
-    sandbox.become_subreaper()
-    spare = set(sandbox.descendants(os.getpid()))
     with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch:
-        scratch = Path(scratch)
-        with open(log_path, "w") as logf:
-            logf.write(
-                f"# trial {train_py} budget={cfg.budget} seed={cfg.seed} device={p.device} "
-                f"confinement={p.confinement}\n"
-            )
-            logf.flush()
-            proc, req_r, data_w, failed = _launch(p, cfg, Path(train_py), scratch, manifest, logf)
-        data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-        server = BatchServer(
-            train, p.clock, data_seed, manifest["seq_len"], manifest["vocab_size"], req_r, data_w
-        )
-        server.start()
-        reason = "" if failed else _watch(p, cfg, proc, t_start, cancelled)
-        p.clock.returned()  # a trial that never said so returned when it exited or was killed
-        sandbox.kill_tree(proc, spare)
-        server.join(timeout=5)
-        clock = p.clock
-        stats = _stats(scratch / "out" / "stats.json")
-        measured = dict(
-            training_seconds=round(clock.training_seconds(), 2),
-            num_steps=clock.steps,
-            total_tokens_M=round(clock.tokens / 1e6, 6),
-            num_params_M=round(stats["num_params"] / 1e6, 4) if "num_params" in stats else None,
-            peak_vram_mb=round(stats.get("peak_vram_mb", 0.0), 1) if stats else None,
-            gpu_name=stats.get("gpu_name", ""),
-        )
-        extra = {"warmup_tokens": clock.warmup_tokens, "overrun_s": round(clock.overrun(), 2)}
-        if reason == "cancelled":
-            return result("lost", "cancelled by the driver", **measured, extra=extra)
-        if reason.startswith("used "):
-            return result("crash", f"killed: {reason}\n{_tail(log_path)}", **measured, extra=extra)
-        if reason:
-            return result(
-                "timeout", f"killed: {reason}\n{_tail(log_path)}", **measured, extra=extra
-            )
-        if failed:  # the node's fault, not the candidate's; said so, never re-run blind
-            return result("crash", f"{failed} (on {os.uname().nodename})", **measured, extra=extra)
-        if proc.returncode != 0:
-            msg = f"exit code {proc.returncode}\n{_tail(log_path)}"
-            return result("crash", msg, **measured, extra=extra)
-        if clock.overrun() > p.overrun_allowance():
-            msg = f"kept training {clock.overrun():.1f}s after its budget ended"
-            return result("invalid", msg, **measured, extra=extra)
-        try:
-            bpb, timings = _score(p, scratch / "out", manifest, val, token_bytes)
-        except Exception as e:  # the graph is the candidate's: any failure is its failure
-            msg = f"{e}" if type(e).__name__ == "GraphRejected" else f"{type(e).__name__}: {e}"
-            return result(
-                "invalid",
-                f"evaluation of the exported model failed: {msg}",
-                **measured,
-                extra=extra,
-            )
-    mfu = _mfu(
-        stats.get("flops_per_token", 0.0),
-        clock.tokens,
-        clock.training_seconds(),
-        measured["gpu_name"],
+        out = Path(scratch) / "out"
+        trial = _launch(p, cfg, Path(train_py), Path(scratch), manifest, log_path)
+        reason = "" if trial.failed else _watch(p, cfg, trial.proc, t_start, cancelled)
+        trial.stop(clock)
+        stats = _stats(out / "stats.json")
+        status, error = _verdict(p, trial, reason, log_path)
+        if not status:
+            try:
+                bpb, timings = _score(p, out, manifest, val, token_bytes)
+            except Exception as e:  # the graph is the candidate's: any failure is its failure
+                msg = f"{e}" if type(e).__name__ == "GraphRejected" else f"{type(e).__name__}: {e}"
+                status, error = "invalid", f"evaluation of the exported model failed: {msg}"
+    measured = dict(
+        training_seconds=round(clock.training_seconds(), 2),
+        num_steps=clock.steps,
+        total_tokens_M=round(clock.tokens / 1e6, 6),
+        num_params_M=round(stats["num_params"] / 1e6, 4) if "num_params" in stats else None,
+        peak_vram_mb=round(stats.get("peak_vram_mb", 0.0), 1) if stats else None,
+        gpu_name=stats.get("gpu_name", ""),
     )
+    extra = {"warmup_tokens": clock.warmup_tokens, "overrun_s": round(clock.overrun(), 2)}
+    if status:
+        return result(status, error, **measured, extra=extra)
     return result(
-        "ok",
-        val_bpb=round(bpb, 6),
-        mfu=round(mfu, 2) if mfu else None,
-        **measured,
-        extra={**extra, **timings},
+        "ok", val_bpb=round(bpb, 6), mfu=_mfu(stats, clock), **measured, extra={**extra, **timings}
     )
 
 

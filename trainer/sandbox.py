@@ -1,9 +1,11 @@
-"""How an untrusted trial process is started and killed (its confinement: trainer/confine.py).
+"""How an untrusted trial process is started, watched and killed (confinement: trainer/confine.py).
 
 - Environment: an allowlist, so API keys and cloud credentials never reach train.py.
 - Process tree: its own session/process group; the referee becomes a child subreaper so a
   grandchild that escapes with setsid() is re-parented to it and still gets killed.
 - Limits: a file-size cap, death with its parent, a memory share watched by the referee.
+- Watching: `watch` waits for the process against a hard deadline, a cancellation, its memory
+  share and whatever else its caller checks; `tail` reads the end of its log.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # Only these variables reach a trial; everything else (OPENAI_API_KEY, AWS_*, HF_TOKEN, the
@@ -144,3 +147,46 @@ def kill_tree(proc: subprocess.Popen, spare: set[int] = frozenset()) -> None:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+
+
+def watch(
+    proc: subprocess.Popen,
+    *,
+    started: float,
+    hard_timeout: float | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+    memory_limit_mb: float | None = None,
+    check: Callable[[float], str] | None = None,
+    interval: float = 0.05,
+) -> str:
+    """Wait for `proc` to exit: "" when it exits by itself, else the reason to kill it.
+
+    Every `interval` seconds: the resident memory of its tree (once a second) against
+    `memory_limit_mb` (a reason starting "used "), `cancelled()` ("cancelled"), `hard_timeout`
+    seconds after `started` (a time.monotonic() time), then `check(now)`, whose non-empty
+    answer is the caller's own reason."""
+    next_mem_check = 0.0
+    while proc.poll() is None:
+        now = time.monotonic()
+        if memory_limit_mb and now >= next_mem_check:
+            next_mem_check = now + 1.0
+            rss = tree_rss_mb(proc.pid)
+            if rss > memory_limit_mb:
+                return f"used {rss:.0f} MiB of memory, over its share of {memory_limit_mb:.0f} MiB"
+        if cancelled():
+            return "cancelled"
+        if hard_timeout is not None and now - started > hard_timeout:
+            return f"hard deadline of {hard_timeout:.0f}s reached"
+        reason = check(now) if check else ""
+        if reason:
+            return reason
+        time.sleep(interval)
+    return ""
+
+
+def tail(path: Path, n: int = 3000) -> str:
+    """The last `n` characters of a log ("" when it cannot be read)."""
+    try:
+        return Path(path).read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
