@@ -15,8 +15,17 @@ import logging
 import sys
 from pathlib import Path
 
-from trainer.budget import CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET, default_budget
+from trainer.budget import CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET, Budget, default_budget
 from trainer.prepare import DATASETS
+
+
+def _budget(text: str) -> Budget:
+    """--budget, read when the command line is: a bad one stops the command before it
+    writes, starts or branches anything."""
+    try:
+        return Budget.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_trial_options(p: argparse.ArgumentParser) -> None:
@@ -25,6 +34,7 @@ def _add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--budget",
         default=None,
+        type=_budget,
         help=f"e.g. 300s, 200steps, 2Mtokens (default {CPU_DEFAULT_BUDGET} on CPU, "
         f"{GPU_DEFAULT_BUDGET} on GPU)",
     )
@@ -62,7 +72,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from trainer.budget import Budget
     from trainer.prepare import prepare
     from trainer.protocol import format_summary, run_autoresearch_protocol
     from trainer.referee import TrialConfig, resolve_device, run_trial
@@ -84,7 +93,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if not train_py.exists():
         sys.exit(f"error: {train_py} not found; pass --repo and --target of the file to train")
     device = resolve_device(args.device)
-    budget = Budget.parse(args.budget or default_budget(device))
+    budget = args.budget or Budget.parse(default_budget(device))
     data = prepare(args.dataset, args.vocab_size)
     cfg = TrialConfig(
         data=data,
@@ -125,7 +134,7 @@ def _campaign_config(args: argparse.Namespace):
         repo=args.repo,
         target=args.target,
         program=args.program,
-        budget=args.budget,
+        budget=str(args.budget) if args.budget else None,  # canonical: 5m is 300s
         workers=workers,
         gpu_type=args.gpu_type,
         strategy=args.strategy,

@@ -1,4 +1,5 @@
-"""The read-only commands work on a campaign's files: status, results, report."""
+"""The commands: the read-only ones work on a campaign's files (status, results, report), and
+bad settings stop at the command line before anything is written or started."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cluster.ledger import Ledger
+
+from conftest import make_repo
 
 
 def _campaign(root: Path) -> Path:
@@ -106,3 +110,45 @@ def test_workers_takes_a_positive_number_or_auto():
         )
         assert proc.returncode == 2
         assert f"'{bad}': give a number of workers (1 or more) or auto" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "command, budget",
+    [
+        (["run", "--tag", "bad"], "5 minutes"),
+        (["run", "--tag", "bad"], "0steps"),
+        (["trial"], "abc"),
+    ],
+)
+def test_a_bad_budget_stops_the_command_before_it_does_anything(tmp_path, command, budget):
+    """Read by argparse, not by the first trial: no runs/ directory, no branch, no Ray."""
+    repo = make_repo(tmp_path / "repo")
+    branches = subprocess.run(["git", "branch"], cwd=repo, capture_output=True, text=True).stdout
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", *command, "--budget", budget, "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"argument --budget: cannot read budget {budget!r}" in proc.stderr or (
+        f"argument --budget: budget {budget!r} is not positive" in proc.stderr
+    )
+    for form in ("60s", "300s", "200steps", "2Mtokens"):
+        assert form in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (repo / "runs").exists()
+    assert subprocess.run(["git", "branch"], cwd=repo, capture_output=True, text=True).stdout == (
+        branches
+    )
+
+
+def test_the_campaign_gets_the_budget_in_its_canonical_form():
+    from cluster.cli import _campaign_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _campaign_config(parse(["run", "--tag", "t"])).budget is None  # the device's default
+    assert _campaign_config(parse(["run", "--tag", "t", "--budget", "5m"])).budget == "300s"
+    assert _campaign_config(parse(["run", "--tag", "t", "--budget", "2_000steps"])).budget == (
+        "2000steps"
+    )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.budget import Budget, BudgetClock
+from trainer.budget import CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET, Budget, BudgetClock
 from trainer.prepare import (
     SPECIAL_TOKENS,
     evaluate_bpb,
@@ -95,6 +95,18 @@ def test_bpb_of_a_uniform_model_is_log2_vocab_per_byte(data):
     counted = token_bytes[targets] > 0
     expected = counted.sum() * math.log2(vocab) / token_bytes[targets].sum()
     assert bpb == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_budget_is_positive_whole_and_readable_or_refused_with_the_accepted_forms():
+    for bad in ("5 minutes", "abc", "", "0steps", "0s", "-5s", "1.5steps", "0.5tokens", "1e3s"):
+        with pytest.raises(ValueError, match=r"use seconds \(60s, 300s.*200steps.*2Mtokens"):
+            Budget.parse(bad)
+    for text in ("300s", "5m", "0.5s", "200steps", "1.2Mtokens", "500ktokens", "1234567tokens"):
+        assert Budget.parse(str(Budget.parse(text))) == Budget.parse(text)  # str is canonical
+    assert [str(Budget.parse(d)) for d in (CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET)] == [
+        CPU_DEFAULT_BUDGET,
+        GPU_DEFAULT_BUDGET,
+    ]
 
 
 def test_budget_parsing_and_clock():

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 
 _UNITS = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9}
+# What Budget.parse accepts, as its errors (and so the CLI's) say.
+FORMS = "seconds (60s, 300s, 5m), steps (200steps) or tokens (2Mtokens, 500ktokens)"
 
 # GPU: autoresearch's five minutes. CPU: a token budget, deterministic given the seed (a
 # wall-clock budget adds step-count jitter from whatever else the machine runs); 500k tokens
@@ -36,29 +38,35 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str) -> Budget:
+        """A budget from its text. ValueError, naming the accepted forms, for anything else:
+        garbage, a zero or negative amount, a fraction of a step or of a token."""
         s = str(text).strip().lower().replace("_", "")
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)", s)
-        if m:
-            mult = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
-            return cls("time", float(m.group(1)) * mult)
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmb]?)\s*(steps?|tokens?)", s)
-        if m:
-            n = float(m.group(1)) * _UNITS[m.group(2)]
+        if m := re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*(s|sec|m|min|h)", s):
+            kind = "time"
+            n = float(m.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}[m.group(2)]
+        elif m := re.fullmatch(r"([-+]?\d+(?:\.\d+)?)\s*([kmb]?)\s*(steps?|tokens?)", s):
             kind = "steps" if m.group(3).startswith("step") else "tokens"
-            if n <= 0:
-                raise ValueError(f"budget must be positive: {text!r}")
-            return cls(kind, n)
-        raise ValueError(
-            f"cannot read budget {text!r}: use seconds (300s, 5m), steps (200steps) "
-            "or tokens (2Mtokens, 500ktokens)"
-        )
+            n = float(m.group(1)) * _UNITS[m.group(2)]
+            if n > 0 and abs(n - round(n)) > 1e-6:
+                raise ValueError(f"budget {text!r} is not a whole number of {kind}: use {FORMS}")
+            n = float(round(n))
+        else:
+            raise ValueError(f"cannot read budget {text!r}: use {FORMS}")
+        if not n > 0:
+            raise ValueError(f"budget {text!r} is not positive: use {FORMS}")
+        return cls(kind, n)
 
     def __str__(self) -> str:
+        """The canonical text, which parses back to this budget (the defaults are canonical)."""
         if self.kind == "time":
-            return f"{self.amount:g}s"
+            return f"{self.amount:.12g}s"
         if self.kind == "steps":
             return f"{int(self.amount)}steps"
-        return f"{self.amount / 1e6:g}Mtokens"
+        if self.amount < 1e3:
+            return f"{int(self.amount)}tokens"
+        if self.amount < 1e6:
+            return f"{self.amount / 1e3:.12g}ktokens"
+        return f"{self.amount / 1e6:.12g}Mtokens"
 
 
 @dataclass(frozen=True)
