@@ -1,13 +1,14 @@
-"""The campaign driver: one incumbent on `autoresearch/<tag>`, N parallel trials, a noise gate.
+"""The campaign's state: its lines of search, the ledger, the in-flight journal, commits.
 
     autoresearch run --tag TAG [--workers N|auto] [--budget 300s] [--proposer mutate] ...
 
-The driver is the only writer of the campaign branch and of runs/<tag>/. It measures the noise
-with incumbent replicates, asks the proposal pipeline for candidates, commits each on its own
-ref, runs them on the worker pool, records every trial in the ledger as it finishes, and
-fast-forwards the branch to a candidate only after a confirmation run agrees (cluster/gate.py).
-All state is rebuilt from the ledger, the branch and the in-flight journal, so rerunning the
-same command after a crash resumes where it stopped.
+A Campaign is what the driver (cluster/loop.py) acts on and what survives it: the branches of
+its lines (cluster/lines.py; the campaign branch `autoresearch/<tag>` for one line), every
+trial in the ledger as it finishes, and the trials in flight in runs/<tag>/inflight.json. It
+commits proposals on their own refs, records rows (one constructor: cluster/rows.py), and
+moves a line's branch only by fast-forward to a commit the gate accepted. All state is
+rebuilt from the ledger, the branches and the journal, so rerunning the same command after a
+crash resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -16,62 +17,29 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cluster import gitops
+from cluster import resume
+from cluster.config import (  # noqa: F401 (re-exported: where readers look)
+    LOCKED,
+    MAX_REQUEUES,
+    CampaignConfig,
+    CampaignError,
+    config_from_dict,
+    locked_diffs,
+)
 from cluster.gate import Gate
 from cluster.ledger import Ledger
+from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal, TrialResult, TrialSpec
+from cluster.repo import GitRepo, Repo
+from cluster.rows import TrialRow
+from cluster.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-# Settings a resumed campaign must keep: changing them would compare apples with oranges.
-LOCKED = ("budget", "gpu_type", "dataset", "vocab_size", "target", "protocol", "device_kind")
-MAX_REQUEUES = 2
-
-
-class CampaignError(RuntimeError):
-    """A problem the user must fix; the message says what and how."""
-
-
-@dataclass
-class CampaignConfig:
-    tag: str
-    repo: Path = Path(".")
-    target: str = "trainer/train.py"
-    program: Path | None = None
-    budget: str | None = None  # default: trainer.budget.default_budget (300s GPU, tokens CPU)
-    workers: int | None = None  # None: every GPU (of gpu_type), or the CPU default
-    gpu_type: str | None = None
-    strategy: str = "rounds"
-    proposer: str = "mutate"
-    rounds: int | None = None
-    trials: int | None = None
-    hours: float | None = None
-    address: str | None = None
-    dataset: str = "builtin"
-    vocab_size: int | None = None
-    device: str = "auto"
-    sandbox: str = "auto"
-    noise_multiple: float = 2.0
-    confirm_multiple: float = 2.0
-    replicates: int | None = None  # incumbent runs before the first round (default: workers, >= 4)
-    per_round: int | None = None  # candidates per round (default: workers)
-    proposals_ahead: int | None = None
-    seed: int = 0
-    trial_timeout: float | None = None
-    protocol: str = "referee"
-    models: list[str] = field(default_factory=list)  # llm proposer: litellm model strings
-    api_base: str | None = None
-    max_llm_cost: float | None = None
-    llm_timeout: float = 120.0
-    runs_dir: Path | None = None
-    clone_root: str | None = None
-    islands: int = 4  # population: K islands, each with its own incumbent branch (>= 2)
-    migrate_every: int | None = None  # population: exploit every M results (default 2 x workers)
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
@@ -84,58 +52,95 @@ def _atomic_json(path: Path, obj: Any) -> None:
 
 
 class Campaign:
-    def __init__(self, cfg: CampaignConfig):
+    def __init__(
+        self,
+        cfg: CampaignConfig,
+        repo: Repo | None = None,
+        ledger=None,
+        say=None,
+    ):
+        """`repo` and `ledger` default to git at cfg.repo and runs/<tag>/ in it; the
+        simulator passes a MemoryRepo and a MemoryLedger (then nothing is written)."""
         self.cfg = cfg
-        self.repo = gitops.repo_root(cfg.repo)
-        if not (self.repo / cfg.target).exists():
+        self.git = repo or GitRepo(cfg.repo)
+        self.repo = self.git.path  # the checkout, or None in memory
+        if self.repo is not None and not (self.repo / cfg.target).exists():
             raise CampaignError(f"{cfg.target} not found in {self.repo}; pass --target")
-        self.run_dir = (cfg.runs_dir or self.repo / "runs") / cfg.tag
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.ledger = Ledger(self.run_dir)
-        self.journal = self.run_dir / "inflight.json"
+        self.files = None
+        if ledger is None:
+            self.files = RunDir((cfg.runs_dir or self.repo / "runs") / cfg.tag)
+            self.files.path.mkdir(parents=True, exist_ok=True)
+        self.run_dir = self.files.path if self.files else None
+        self.ledger = ledger or Ledger(self.run_dir)
         self.main_branch = f"autoresearch/{cfg.tag}"
-        # population: the island whose incumbent/branch the methods below use (None: the
-        # campaign branch); set by the strategy around each operation
-        self.island: int | None = None
         self.gate = Gate(cfg.noise_multiple, cfg.confirm_multiple)
         self.rows: list[dict] = self.ledger.rows()
         self.inflight: dict[str, dict] = {}
+        self.lines: list[Line] = []
+        self.requeue: list[tuple[TrialSpec, dict | None]] = []
+        self.moves: list[dict] = []  # line resets made by this driver
+        self.round = 0
+        self.budget = cfg.budget or ""
+        self.base_sha = ""
         self.t0 = time.monotonic()
-        self.started_trials = 0
+        self._say = say
+        self._sources: dict[str, str] = {}
+        self._runs: tuple[int, dict[str, list[float]]] = (-1, {})
+        self._noise: tuple[int, tuple[float | None, int]] = (-1, (None, 0))
+        path = cfg.program or (self.repo / "program.md" if self.repo else None)
+        self.program = Path(path).read_text() if path and Path(path).exists() else ""
 
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ reading
 
     @property
     def branch(self) -> str:
-        if self.island is None:
-            return self.main_branch
-        return island_branch(self.cfg.tag, self.island)
+        return self.main_branch
 
     @property
     def incumbent(self) -> str:
-        sha = gitops.rev_parse(self.repo, self.branch)
+        """The campaign branch's commit (population: it follows the best island)."""
+        sha = self.git.rev_parse(self.main_branch)
         assert sha, "campaign branch vanished"
         return sha
 
-    def island_heads(self) -> dict[int, str]:
-        """population: island -> its incumbent (empty for the other strategies)."""
-        if self.cfg.strategy != "population":
-            return {}
-        heads = {}
-        for i in range(self.cfg.islands):
-            sha = gitops.rev_parse(self.repo, island_branch(self.cfg.tag, i))
-            if sha:
-                heads[i] = sha
-        return heads
+    def source(self, sha: str) -> str:
+        if sha not in self._sources:
+            self._sources[sha] = self.git.read_blob(sha, self.cfg.target)
+        return self._sources[sha]
 
     def incumbent_source(self) -> str:
-        return gitops.read_blob(self.repo, self.incumbent, self.cfg.target)
+        return self.source(self.incumbent)
+
+    def runs_by_commit(self) -> dict[str, list[float]]:
+        if self._runs[0] != len(self.rows):  # the rows only grow: recount when they did
+            self._runs = (len(self.rows), self.gate.runs_by_commit(self.rows))
+        return self._runs[1]
 
     def runs_of(self, sha: str) -> list[float]:
-        return self.gate.runs_by_commit(self.rows).get(sha, [])
+        return self.runs_by_commit().get(sha, [])
+
+    def noise_dof(self) -> tuple[float | None, int]:
+        if self._noise[0] != len(self.rows):
+            self._noise = (len(self.rows), self.gate.noise_dof(self.rows))
+        return self._noise[1]
 
     def noise(self) -> float | None:
-        return self.gate.noise(self.rows)
+        return self.noise_dof()[0]
+
+    def context(self, line: Line) -> ProposalContext:
+        return ProposalContext(
+            incumbent_sha=line.head,
+            incumbent_source=self.source(line.head),
+            target=self.cfg.target,
+            program=self.program,
+            history=list(self.rows),
+            in_flight=[
+                (v.get("proposal") or {}).get("description") or "" for v in self.inflight.values()
+            ],
+            noise=self.noise(),
+            round=self.round,
+            island=line.index,
+        )
 
     def _next_id(self) -> str:
         nums = [
@@ -145,29 +150,19 @@ class Campaign:
         ]
         return f"t{max(nums, default=0) + 1:04d}"
 
-    def context(self) -> ProposalContext:
-        program = ""
-        path = self.cfg.program or self.repo / "program.md"
-        if Path(path).exists():
-            program = Path(path).read_text()
-        return ProposalContext(
-            incumbent_sha=self.incumbent,
-            incumbent_source=self.incumbent_source(),
-            target=self.cfg.target,
-            program=program,
-            history=list(self.rows),
-            in_flight=[v.get("description") or "" for v in self.inflight.values()],
-            noise=self.noise(),
-            round=self.round,
-            island=self.island or 0,
-        )
-
     # ------------------------------------------------------------------ start / resume
 
-    def setup(self, device_kind: str, budget: str, workers: int) -> None:
-        """Create or resume the campaign: check locked settings, the branch, lost trials."""
+    def setup(
+        self,
+        device_kind: str,
+        budget: str,
+        workers: int,
+        lines: int = 1,
+        strategy_settings: dict | None = None,
+    ) -> None:
+        """Create or resume the campaign: locked settings, the lines' branches, lost trials."""
         saved = self.ledger.read_config()
-        self.workers = workers
+        self.budget, self.workers = budget, workers
         settings = {
             "budget": budget,
             "gpu_type": self.cfg.gpu_type,
@@ -176,28 +171,13 @@ class Campaign:
             "target": self.cfg.target,
             "protocol": self.cfg.protocol,
             "device_kind": device_kind,
+            **(strategy_settings or {}),
         }
-        locked = LOCKED
-        if self.cfg.strategy == "population":
-            settings.update(islands=self.cfg.islands, migrate_every=self.cfg.migrate_every)
-            locked = (*LOCKED, "strategy", "islands", "migrate_every")
-            settings["strategy"] = "population"
         if saved:
-            diffs = [
-                f"{k}: campaign has {saved.get(k)!r}, this run asks {settings[k]!r}"
-                for k in locked
-                if saved.get(k) != settings[k]
-            ]
-            if diffs:
-                raise CampaignError(
-                    f"campaign {self.cfg.tag} was started with other settings, and its results "
-                    "would not be comparable:\n  "
-                    + "\n  ".join(diffs)
-                    + "\nRerun with the original settings, or start a new --tag."
-                )
+            locked_diffs(self.cfg.tag, saved, settings)
             self.base_sha = saved["base_sha"]
         else:
-            head = gitops.rev_parse(self.repo, self.branch) or gitops.rev_parse(self.repo, "HEAD")
+            head = self.git.rev_parse(self.main_branch) or self.git.rev_parse("HEAD")
             if not head:
                 raise CampaignError(f"{self.repo} has no commits; commit {self.cfg.target} first")
             self.base_sha = head
@@ -211,62 +191,57 @@ class Campaign:
                     "created": time.time(),
                 }
             )
-        self.ledger.write_config({**(self.ledger.read_config() or {}), "workers": self.workers})
-        if not gitops.rev_parse(self.repo, self.branch):
-            gitops.set_ref(self.repo, f"refs/heads/{self.branch}", self.base_sha)
-        if self.branch in [
-            b.removeprefix("refs/heads/") for b in gitops.checked_out_branches(self.repo)
-        ]:
-            raise CampaignError(
-                f"{self.branch} is checked out in a worktree; the driver moves "
-                "it, so check out another branch first (git switch -)"
+        self.ledger.write_config({**(self.ledger.read_config() or {}), "workers": workers})
+        if not self.git.rev_parse(self.main_branch):
+            self.git.set_ref(f"refs/heads/{self.main_branch}", self.base_sha)
+        names = branches(self.cfg.tag, lines)
+        resume.refuse_checked_out(self.git, [self.main_branch, *names])
+        moves = resume.moves(self.files.islands_log) if self.files else []
+        for i, name in enumerate(names):
+            merges = sum(1 for r in self.rows if r.get("merged") and (r.get("island") or 0) == i)
+            self.lines.append(
+                Line(i, name, resume.head(self.git, name, self.base_sha), merges=merges)
             )
-        if self.cfg.strategy != "population":  # islands: their branches are the state
-            self._finish_interrupted_merge()
-        self._recover_inflight()
-        done = [r for r in self.rows if r.get("kind") == "candidate"]
+            want = resume.unfinished_merge(self.git, self.lines[-1], self.rows, moves, lines)
+            if want:
+                have = self.lines[-1].head
+                self._move(self.lines[-1], want, have, merged=False)
+                self.say(f"{name}: completed an interrupted merge {have[:10]} -> {want[:10]}")
+        if self.files:  # trials a killed driver left: recorded lost, those still useful re-run
+            heads = {line.head for line in self.lines}
+            for spec, proposal, why in resume.lost(self.files.journal, self.rows):
+                self.record(spec, proposal, TrialResult(status="lost", error=why))
+                if spec.commit_sha in heads or spec.parent_sha in heads:
+                    self.requeue.append((spec, proposal))
+            _atomic_json(self.files.journal, {})
         self.round = max((r.get("round") or 0 for r in self.rows), default=0)
-        self.prior_candidates = len(done)
-
-    def _finish_interrupted_merge(self) -> None:
-        merged = [r for r in self.rows if r.get("merged")]
-        if not merged:
-            return
-        want, have = merged[-1]["commit_sha"], self.incumbent
-        if want != have:
-            if not gitops.is_ancestor(self.repo, have, want):
-                raise CampaignError(
-                    f"{self.branch} is at {have[:10]}, which the ledger never "
-                    f"merged (it expects {want[:10]}); was it moved by hand?"
-                )
-            gitops.set_ref(self.repo, f"refs/heads/{self.branch}", want, have)
-            log.warning("completed an interrupted merge: %s -> %s", have[:10], want[:10])
-
-    def _recover_inflight(self) -> None:
-        """Trials running when a previous driver died: recorded `lost`, then run again."""
-        self.requeue: list[TrialSpec] = []
-        if not self.journal.exists():
-            return
-        recorded = {r["trial_id"] for r in self.rows}
-        for tid, entry in json.loads(self.journal.read_text()).items():
-            if tid in recorded:
-                continue
-            spec = TrialSpec(**entry["spec"])
-            self.record(
-                spec,
-                entry.get("proposal"),
-                TrialResult(
-                    status="lost",
-                    error="the driver stopped while this trial was "
-                    + ("waiting for a worker" if entry.get("queued") else "running"),
-                ),
-            )
-            heads = {self.incumbent, *self.island_heads().values()}
-            if spec.commit_sha in heads or spec.parent_sha in heads:
-                self.requeue.append(spec)
-        _atomic_json(self.journal, {})
+        self.prior_candidates = {
+            r["commit_sha"] for r in self.rows if r.get("kind") == "candidate" and r["commit_sha"]
+        }
 
     # ------------------------------------------------------------------ recording
+
+    def draft(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> TrialRow:
+        """The row a finished trial makes, before the strategy's verdict sets its status."""
+        # The mean of the commit the trial was run against (async: maybe no longer the incumbent)
+        inc = self.runs_of(spec.parent_sha) or self.runs_of(self.lines[spec.island or 0].head)
+        return TrialRow.build(
+            spec,
+            proposal,
+            result,
+            noise=self.noise(),
+            incumbent_bpb=sum(inc) / len(inc) if inc else None,
+        )
+
+    def append(self, row: TrialRow, log_text: str = "") -> dict:
+        if log_text and self.files:
+            self.files.logs.mkdir(exist_ok=True)
+            self.files.log(row.trial_id).write_text(log_text)
+            row.log_path = str(self.files.log(row.trial_id))
+        d = row.to_dict()
+        self.ledger.append(d)
+        self.rows.append(d)
+        return d
 
     def record(
         self,
@@ -277,102 +252,76 @@ class Campaign:
         merged: bool = False,
         log_text: str = "",
     ) -> dict:
-        log_path = ""
-        if log_text:
-            logs = self.run_dir / "logs"
-            logs.mkdir(exist_ok=True)
-            (logs / f"{spec.trial_id}.log").write_text(log_text)
-            log_path = str(logs / f"{spec.trial_id}.log")
-        # The mean of the commit the trial was run against (async: maybe no longer the incumbent).
-        inc = self.runs_of(spec.parent_sha) or self.runs_of(self.incumbent)
-        p = proposal or {}
-        row = {
-            "trial_id": spec.trial_id,
-            "round": spec.round,
-            "island": spec.island,
-            "kind": spec.kind,
-            "parent_sha": spec.parent_sha,
-            "commit_sha": spec.commit_sha,
-            "proposer": p.get("proposer"),
-            "model": p.get("model"),
-            "prompt_tokens": p.get("prompt_tokens"),
-            "completion_tokens": p.get("completion_tokens"),
-            "cost": p.get("cost"),
-            "description": p.get("description") or _describe(spec),
-            "status": status or ("discard" if result.status == "ok" else result.status),
-            "val_bpb": result.val_bpb,
-            "seed": spec.seed,
-            "budget": spec.budget,
-            "training_seconds": result.training_seconds,
-            "total_seconds": result.total_seconds,
-            "num_steps": result.num_steps,
-            "total_tokens_M": result.total_tokens_M,
-            "num_params_M": result.num_params_M,
-            "peak_vram_mb": result.peak_vram_mb,
-            "mfu": result.mfu,
-            "gpu_name": result.gpu_name,
-            "node": result.node,
-            "started": result.started,
-            "ended": result.ended or time.time(),
-            "error": result.error,
-            "log_path": log_path or result.log_path,
-            "self_reported": result.self_reported,
-            "confinement": result.confinement,
-            "merged": merged,
-            "noise": self.noise(),
-            "incumbent_bpb": sum(inc) / len(inc) if inc else None,
-            "dispatched": result.extra.get("dispatched"),  # with started/ended: overheads
-            "recorded": time.time(),
-        }
-        self.ledger.append(row)
-        self.rows.append(row)
-        return row
+        row = self.draft(spec, proposal, result)
+        if status:
+            row.status = type(row.status)(status)
+        row.merged = merged
+        return self.append(row, log_text)
 
-    def _journal(self) -> None:
-        _atomic_json(self.journal, self.inflight)
+    def journal(self) -> None:
+        if self.files:
+            _atomic_json(self.files.journal, self.inflight)
 
     def make_spec(
-        self, kind: str, commit: str, parent: str, island: int | None = None
+        self,
+        kind: str,
+        commit: str,
+        parent: str,
+        line: Line | int = 0,
+        proposal: dict | None = None,
+        queued: bool = False,
     ) -> TrialSpec:
         tid = self._next_id()
-        n = int(tid[1:])
         spec = TrialSpec(
             trial_id=tid,
             round=self.round,
-            island=island if island is not None else (self.island or 0),
+            island=line if isinstance(line, int) else line.index,
             kind=kind,
             parent_sha=parent,
             commit_sha=commit,
             patch="",
-            seed=self.cfg.seed * 100_003 + n,
+            seed=self.cfg.seed * 100_003 + int(tid[1:]),
             budget=self.budget,
             target=self.cfg.target,
             protocol=self.cfg.protocol,
         )
-        self.inflight[tid] = {"spec": asdict(spec), "proposal": None}
+        self.inflight[tid] = {"spec": asdict(spec), "proposal": proposal}
+        if queued:
+            self.inflight[tid]["queued"] = True
         return spec
 
-    def commit_proposal(self, p: Proposal) -> TrialSpec:
+    def dispatched(self, spec: TrialSpec) -> None:
+        self.inflight[spec.trial_id].pop("queued", None)
+
+    def dropped(self, spec: TrialSpec) -> dict:
+        """A queued trial that will not run after all; returns its journal entry."""
+        return self.inflight.pop(spec.trial_id, {})
+
+    def proposal_of(self, spec: TrialSpec) -> dict | None:
+        return self.inflight.get(spec.trial_id, {}).get("proposal")
+
+    def commit(self, p: Proposal, line: Line) -> TrialSpec:
+        """Commit a validated proposal for the line's incumbent on its own ref."""
         from cluster.patches import apply_patch
 
-        source = apply_patch(self.incumbent_source(), p.patch, self.cfg.target)
-        sha = gitops.commit_file(
-            self.repo,
+        assert p.parent_sha == line.head, "a proposal runs on the incumbent it was written for"
+        source = apply_patch(self.source(line.head), p.patch, self.cfg.target)
+        sha = self.git.commit_file(
             p.parent_sha,
             self.cfg.target,
             source,
             f"{p.description}\n\nproposer: {p.proposer}" + (f" ({p.model})" if p.model else ""),
         )
-        spec = self.make_spec("candidate", sha, p.parent_sha)
-        gitops.set_ref(self.repo, f"refs/autoresearch/{self.cfg.tag}/{spec.trial_id}", sha)
-        self.inflight[spec.trial_id]["proposal"] = asdict(p)
+        self._sources[sha] = source
+        spec = self.make_spec("candidate", sha, p.parent_sha, line, proposal=asdict(p))
+        self.git.set_ref(f"refs/autoresearch/{self.cfg.tag}/{spec.trial_id}", sha)
         return spec
 
-    def record_invalid(self, p: Proposal) -> None:
+    def record_invalid(self, p: Proposal, line: Line) -> dict:
         spec = TrialSpec(
             trial_id=self._next_id(),
             round=self.round,
-            island=self.island or 0,
+            island=line.index,
             kind="candidate",
             parent_sha=p.parent_sha,
             commit_sha="",
@@ -381,27 +330,73 @@ class Campaign:
             budget=self.budget,
             target=self.cfg.target,
         )
-        self.record(spec, asdict(p), TrialResult(status="invalid", error=p.error or ""))
-        self._say(f"{spec.trial_id} invalid proposal ({p.proposer}): {(p.error or '')[:120]}")
+        row = self.record(spec, asdict(p), TrialResult(status="invalid", error=p.error or ""))
+        self.say(f"{spec.trial_id} invalid proposal ({p.proposer}): {(p.error or '')[:120]}")
+        return row
 
-    def _say(self, msg: str) -> None:
+    def start_round(self, n: int | None = None) -> int:
+        self.round = self.round + 1 if n is None else n
+        return self.round
+
+    # ------------------------------------------------------------------ moving branches
+
+    def _move(self, line: Line, new: str, old: str, merged: bool) -> None:
+        self.git.set_ref(f"refs/heads/{line.branch}", new, old)
+        line.moved(new, merged)
+
+    def merge(self, line: Line, sha: str, row: dict) -> None:
+        """Fast-forward the line to a commit the gate accepted."""
+        old = line.head
+        if not self.git.is_ancestor(old, sha):
+            raise CampaignError(
+                f"refusing to move {line.branch}: {sha[:10]} does not descend "
+                f"from the incumbent {old[:10]}"
+            )
+        self._move(line, sha, old, merged=True)
+        self.say(
+            f"MERGED {row['trial_id']}: {line.branch} -> {sha[:10]} "
+            f"(val_bpb {row['val_bpb']:.4f}) {row['description']}"
+        )
+
+    def reset(self, line: Line, source: Line, why: str, now: float) -> None:
+        """Population's exploit step: a trailing line copies another's incumbent (logged)."""
+        old, new = line.head, source.head
+        self._move(line, new, old, merged=False)
+        self.say(
+            f"MIGRATE island {source.index} -> island {line.index}: {old[:10]} -> "
+            f"{new[:10]} ({why})"
+        )
+        self.moves.append(dict(time=now, island=line.index, source=source.index, old=old, new=new))
+        if self.files:
+            with open(self.files.islands_log, "a") as f:
+                f.write(
+                    json.dumps(
+                        dict(
+                            time=now,
+                            island=line.index,
+                            source=source.index,
+                            old=old,
+                            new=new,
+                            why=why,
+                        )
+                    )
+                    + "\n"
+                )
+
+    def follow(self, sha: str, why: str) -> None:
+        """Point the campaign branch at a line's incumbent (population: the best island)."""
+        have = self.incumbent
+        if have != sha:
+            self.git.set_ref(f"refs/heads/{self.main_branch}", sha, have)
+            self.say(f"{self.main_branch} -> {sha[:10]} ({why})")
+
+    def write_lines(self, state: list[dict]) -> None:
+        if self.files:
+            _atomic_json(self.files.islands, state)
+
+    def say(self, msg: str) -> None:
+        if self._say is not None:
+            self._say(msg)
+            return
         elapsed = time.monotonic() - self.t0
         print(f"[{self.cfg.tag} {elapsed:6.0f}s] {msg}", flush=True)
-
-
-def island_branch(tag: str, i: int) -> str:
-    """`autoresearch/TAG-island-i`: git cannot hold both `a/b` and `a/b/c`."""
-    return f"autoresearch/{tag}-island-{i}"
-
-
-def _describe(spec: TrialSpec) -> str:
-    if spec.kind == "baseline":
-        return f"incumbent replicate (seed {spec.seed})"
-    if spec.kind == "confirm":
-        return f"confirmation run (seed {spec.seed})"
-    return ""
-
-
-def config_from_dict(d: dict) -> CampaignConfig:
-    names = {f.name for f in fields(CampaignConfig)}
-    return CampaignConfig(**{k: v for k, v in d.items() if k in names})

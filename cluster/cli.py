@@ -15,6 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cluster.strategy import STRATEGIES
 from trainer.budget import CPU_DEFAULT_BUDGET, GPU_DEFAULT_BUDGET, Budget, default_budget
 from trainer.prepare import DATASETS
 
@@ -258,11 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strategy",
         default="rounds",
-        choices=["rounds", "async", "population"],
+        choices=list(STRATEGIES),
         help="rounds: N candidates, wait, gate, merge; async: every worker always busy, "
         "gated on arrival, stale winners re-run on the new incumbent, near-misses combined; "
         "population: async on K islands (own branches autoresearch/TAG-island-i), the "
-        "bottom islands copy the best every M results",
+        "bottom islands copy the best every M results; greedy: autoresearch's own rule "
+        "(keep a change if its one run beats the incumbent; no gate: a baseline, not a default)",
     )
     p.add_argument("--islands", type=int, default=4, help="population: islands K (at least 2; 4)")
     p.add_argument(

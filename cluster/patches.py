@@ -1,12 +1,15 @@
 """Unified diffs of the target file: make one from two texts, apply one to a text.
 
 Applying goes through `git apply` in a scratch directory, so what validates here is exactly
-what the driver later commits and every node re-applies.
+what the driver later commits. A patch whose every hunk matches the text exactly where it says
+(what make_patch writes) is applied in Python first, with the same result and no process;
+anything else (offsets, whitespace, a missing final newline) goes to git.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 import tempfile
 from pathlib import Path
@@ -44,10 +47,49 @@ def touched_paths(patch: str) -> list[str]:
     return paths
 
 
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+def _apply_exact(old: str, patch: str, path: str) -> str | None:
+    """The patched text when every hunk matches at its stated line; else None (ask git)."""
+    lines = patch.splitlines(keepends=True)
+    if "\\ No newline" in patch or not old.endswith("\n"):
+        return None
+    if len(lines) < 3 or lines[0] != f"--- a/{path}\n" or lines[1] != f"+++ b/{path}\n":
+        return None
+    src, out, pos, i = old.splitlines(keepends=True), [], 0, 2
+    while i < len(lines):
+        m = _HUNK.match(lines[i])
+        if not m:
+            return None
+        start = int(m.group(1)) - (0 if m.group(2) == "0" else 1)
+        if start < pos:
+            return None
+        out += src[pos:start]
+        pos, i = start, i + 1
+        while i < len(lines) and not lines[i].startswith("@@"):
+            tag, text = lines[i][:1], lines[i][1:]
+            if tag in (" ", "-"):
+                if pos >= len(src) or src[pos] != text:
+                    return None
+                pos += 1
+                if tag == " ":
+                    out.append(text)
+            elif tag == "+":
+                out.append(text)
+            else:
+                return None
+            i += 1
+    return "".join(out + src[pos:])
+
+
 def apply_patch(old: str, patch: str, path: str) -> str:
     """Apply `patch` to `old` (the content of `path`) and return the new text."""
     if not patch.strip():
         return old
+    exact = _apply_exact(old, patch, path)
+    if exact is not None:
+        return exact
     with tempfile.TemporaryDirectory(prefix="ar-patch-") as tmp:
         target = Path(tmp) / path
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,91 +1,111 @@
-"""Proposals generated ahead, so no GPU waits for the next one.
+"""Proposals generated ahead, one queue per line of search, so no GPU waits for the next one.
 
-A background thread keeps up to `ahead` validated proposals for the current incumbent, drawing
-from the proposers by weight. When the incumbent moves, queued proposals are re-applied to it
-(a patch that no longer applies is dropped). Invalid proposals are handed to the driver too:
-they become ledger rows with their reason, and proposers hear about them next time.
+A background thread keeps up to `ahead` validated proposals in all, shared out over the lines
+(one for rounds and async, K islands for population), drawing from the proposers by weight.
+Each line has its own context (its incumbent, its source, the history), so a proposal is
+written for the incumbent of the line it will run on. When a line's incumbent moves, its
+queued proposals are carried over by a three-way merge (old incumbent, new incumbent,
+proposal); one that no longer merges becomes an invalid proposal with the reason, like any
+unusable answer: the driver records it and proposers hear about it next time.
+
+`inline=True` has no thread: `take` asks the proposers itself. The search simulator uses it,
+so that a simulated campaign is deterministic and needs no wall-clock waits.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from dataclasses import replace
 
-from cluster.patches import PatchError, apply_patch, make_patch
+from cluster.patches import PatchError, apply_patch, make_patch, merge3
 from cluster.proposers.base import ProposalContext, Proposer
 from cluster.records import Proposal
 from cluster.validate import validate
 
 log = logging.getLogger(__name__)
+INLINE_ATTEMPTS = (
+    50  # proposer calls an inline take makes before it gives up (the thread never does)
+)
 
 
 class ProposalPipeline:
-    def __init__(self, proposers: list[tuple[Proposer, float]], ahead: int, seed: int = 0):
+    def __init__(
+        self,
+        proposers: list[tuple[Proposer, float]],
+        ahead: int,
+        seed: int = 0,
+        inline: bool = False,
+    ):
         if not proposers:
             raise ValueError("no proposers configured")
         self.proposers = proposers
         self.ahead = max(1, ahead)
         self.rng = random.Random(seed)
-        self.ctx: ProposalContext | None = None
+        self.inline = inline
+        self.ctx: dict[int, ProposalContext] = {}
         self.seen: set[str] = set()
-        self.ready: list[Proposal] = []
-        self.invalid: list[Proposal] = []
+        self.ready: dict[int, list[Proposal]] = {}
+        self.invalid: dict[int, list[Proposal]] = {}
+        self.in_flight_text: list[str] = []
         self.cond = threading.Condition()
         self.stopped = False
         self.last_error = ""
         self.empty_since: float | None = None
         self.thread = threading.Thread(target=self._loop, daemon=True, name="proposals")
 
-    def start(self, ctx: ProposalContext, seen: set[str]) -> None:
-        self.ctx, self.seen = ctx, seen
-        self.thread.start()
+    # ------------------------------------------------------------------ driver side
 
-    def update(self, ctx: ProposalContext) -> None:
-        """New incumbent or history: re-base queued proposals and let the thread refill."""
+    def start(self, contexts: dict[int, ProposalContext], seen: set[str]) -> None:
+        self.ctx, self.seen = dict(contexts), seen
+        self.ready = {i: [] for i in contexts}
+        self.invalid = {i: [] for i in contexts}
+        if not self.inline:
+            self.thread.start()
+
+    def update(self, line: int, ctx: ProposalContext) -> None:
+        """A line's incumbent or history changed: carry its queued proposals over."""
         with self.cond:
-            old = self.ctx
-            self.ctx = ctx
+            old = self.ctx.get(line)
+            self.ctx[line] = ctx
             if old is not None and old.incumbent_sha != ctx.incumbent_sha:
-                self.ready = [p for p in (self._rebase(p, old, ctx) for p in self.ready) if p]
+                kept = []
+                for p in self.ready[line]:
+                    q = self._rebase(p, old, ctx)
+                    (self.invalid[line] if q.error else kept).append(q)
+                self.ready[line] = kept
             self.cond.notify_all()
 
     def resize(self, ahead: int) -> None:
-        """Keep `ahead` proposals ready (the pool grew or shrank)."""
+        """Keep `ahead` proposals ready in all (the pool grew or shrank)."""
         with self.cond:
             self.ahead = max(1, ahead)
             self.cond.notify_all()
 
     def in_flight(self, descriptions: list[str]) -> None:
         with self.cond:
-            if self.ctx is not None:
-                self.ctx.in_flight = list(descriptions)
+            self.in_flight_text = list(descriptions)
 
-    @staticmethod
-    def _rebase(p: Proposal, old: ProposalContext, new: ProposalContext) -> Proposal | None:
-        try:
-            source = apply_patch(new.incumbent_source, p.patch, new.target)
-        except PatchError:
-            return None
-        return replace(
-            p,
-            parent_sha=new.incumbent_sha,
-            patch=make_patch(new.incumbent_source, source, new.target),
-        )
-
-    def take(self, n: int, timeout: float) -> tuple[list[Proposal], list[Proposal]]:
-        """Up to n valid proposals for the current incumbent, plus invalid ones to record."""
+    def take(self, line: int, n: int, timeout: float) -> tuple[list[Proposal], list[Proposal]]:
+        """Up to n valid proposals for the line's incumbent, plus invalid ones to record."""
+        if self.inline:
+            for _ in range(INLINE_ATTEMPTS):
+                if len(self.ready[line]) >= n:
+                    break
+                if not self._fill(line, max(n, self.share()) - len(self.ready[line])):
+                    break
         deadline = time.monotonic() + timeout
         with self.cond:
-            while not self.ready and not self.invalid and not self.stopped:
+            while not self.ready[line] and not self.invalid[line] and not self.stopped:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or self.inline:
                     break
                 self.cond.wait(left)
-            valid, self.ready = self.ready[:n], self.ready[n:]
-            invalid, self.invalid = self.invalid, []
+            valid, self.ready[line] = self.ready[line][:n], self.ready[line][n:]
+            invalid, self.invalid[line] = self.invalid[line], []
             self.cond.notify_all()
         return valid, invalid
 
@@ -93,6 +113,17 @@ class ProposalPipeline:
         with self.cond:
             self.stopped = True
             self.cond.notify_all()
+
+    # ------------------------------------------------------------------ proposing
+
+    def share(self) -> int:
+        """Proposals kept ready per line."""
+        return max(1, math.ceil(self.ahead / max(1, len(self.ctx))))
+
+    def _hungry(self) -> int | None:
+        """The line with the fewest ready proposals, if any is below its share."""
+        lines = [i for i in self.ctx if len(self.ready[i]) < self.share()]
+        return min(lines, key=lambda i: (len(self.ready[i]), i)) if lines else None
 
     def _pick(self) -> Proposer:
         total = sum(w for _, w in self.proposers)
@@ -103,44 +134,62 @@ class ProposalPipeline:
                 return p
         return self.proposers[-1][0]
 
+    def _fill(self, line: int, want: int) -> bool:
+        """One proposer call for `line`; True if it returned anything."""
+        with self.cond:
+            base = self.ctx[line]
+            ctx = replace(base, history=list(base.history), in_flight=list(self.in_flight_text))
+            ctx.in_flight += [p.description for p in self.ready[line]]
+        proposer = self._pick()
+        try:
+            got = proposer.propose(ctx, want)
+        except Exception as e:  # a proposer bug must not stop the campaign
+            log.exception("proposer %s failed", proposer.name)
+            self.last_error = f"{proposer.name}: {type(e).__name__}: {e}"
+            got = []
+        with self.cond:
+            now = self.ctx[line]
+            for p in got:
+                if p.parent_sha != now.incumbent_sha and not p.error:
+                    p = self._rebase(p, ctx, now)  # the line moved while it was written
+                if not p.error:
+                    validate(p, now, self.seen)
+                if p.error and p.proposer == "mutate" and p.error.startswith("duplicate"):
+                    continue  # a random perturbation repeating itself is not news
+                (self.invalid[line] if p.error else self.ready[line]).append(p)
+            if got:
+                self.empty_since = None
+                self.cond.notify_all()
+            else:
+                self.empty_since = self.empty_since or time.monotonic()
+        return bool(got)
+
+    @staticmethod
+    def _rebase(p: Proposal, old: ProposalContext, new: ProposalContext) -> Proposal:
+        """The proposal's change, carried from the old incumbent to the new one (3-way)."""
+        try:
+            mine = apply_patch(old.incumbent_source, p.patch, old.target)
+            source = merge3(old.incumbent_source, new.incumbent_source, mine)
+            patch = make_patch(new.incumbent_source, source, new.target)
+        except PatchError as e:
+            return replace(
+                p,
+                parent_sha=new.incumbent_sha,
+                error=f"written for {old.incumbent_sha[:10]}, it no longer applies to the "
+                f"new incumbent {new.incumbent_sha[:10]}: {e}",
+            )
+        return replace(p, parent_sha=new.incumbent_sha, patch=patch)
+
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.stopped and len(self.ready) >= self.ahead:
+                while not self.stopped and self._hungry() is None:
                     self.cond.wait()
                 if self.stopped:
                     return
-                ctx = replace(
-                    self.ctx, history=list(self.ctx.history), in_flight=list(self.ctx.in_flight)
-                )
-                want = self.ahead - len(self.ready)
-            proposer = self._pick()
-            try:
-                got = proposer.propose(ctx, want)
-            except Exception as e:  # a proposer bug must not stop the campaign
-                log.exception("proposer %s failed", proposer.name)
-                self.last_error = f"{proposer.name}: {type(e).__name__}: {e}"
-                got = []
-            with self.cond:
-                for p in got:
-                    p = validate(
-                        p, self.ctx if p.parent_sha == self.ctx.incumbent_sha else ctx, self.seen
-                    )
-                    if p.error and p.proposer == "mutate" and p.error.startswith("duplicate"):
-                        continue  # a random perturbation repeating itself is not news
-                    if p.error:
-                        self.invalid.append(p)
-                    elif p.parent_sha == self.ctx.incumbent_sha:
-                        self.ready.append(p)
-                        ctx.in_flight.append(p.description)
-                    else:
-                        rebased = self._rebase(p, ctx, self.ctx)
-                        if rebased:
-                            self.ready.append(rebased)
-                if got:
-                    self.empty_since = None
-                    self.cond.notify_all()
-                    continue
-                self.empty_since = self.empty_since or time.monotonic()
+                line = self._hungry()
+                want = self.share() - len(self.ready[line])
+            if self._fill(line, want):
+                continue
             # Nothing came back (empty queue folder, exhausted budget, provider down): back off.
-            time.sleep(min(5.0, 0.5 + 0.1 * (time.monotonic() - self.empty_since)))
+            time.sleep(min(5.0, 0.5 + 0.1 * (time.monotonic() - (self.empty_since or 0))))

@@ -81,6 +81,8 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
     new_hash = source_hash(new)
     if new_hash == source_hash(ctx.incumbent_source):
         raise _Invalid(f"the patch changes only comments or formatting of {target}")
+    if new_hash in seen:
+        raise _Invalid("duplicate of a change already tried or in flight (same normalized code)")
     try:
         compile(new, target, "exec")
     except SyntaxError as exc:
@@ -89,8 +91,6 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
         raise _Invalid(f"{target} does not compile: {exc}") from None
     if _defines_train(ctx.incumbent_source) and not _defines_train(new):
         raise _Invalid("the patch removes train(ctx), the entry point the harness calls")
-    if new_hash in seen:
-        raise _Invalid("duplicate of a change already tried or in flight (same normalized code)")
     violations = _referee_violations(new)
     if violations:
         raise _Invalid("reaches into the referee: " + "; ".join(violations))

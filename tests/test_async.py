@@ -18,7 +18,7 @@ import pytest
 from cluster import gitops
 from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
-from cluster.patches import apply_patch, make_patch
+from cluster.patches import make_patch
 
 from conftest import commit_repo
 
@@ -243,29 +243,31 @@ def test_two_near_misses_are_combined_into_a_validated_trial(tmp_path, ray_clust
     _check_merges(repo, camp, rows)
 
 
-class _Pipeline:
-    """What AsyncStrategy needs of the pipeline when it makes its own candidates."""
-
-    def __init__(self):
-        import threading
-
-        self.cond, self.seen = threading.Condition(), set()
-
-
-def _offline(tmp_path: Path):
-    """An AsyncStrategy over a real campaign and git repo, with no Ray (nothing is run)."""
-    from types import SimpleNamespace
-
+def _offline(tmp_path: Path, strategy: str = "async", **kw):
+    """A strategy over a real campaign and git repo, on the simulated executor (no Ray)."""
     from cluster.campaign import Campaign
-    from cluster.strategy_async import AsyncStrategy
+    from cluster.driver import start_pipeline
+    from cluster.loop import Driver
+    from cluster.proposers.mutate import MutateProposer
+    from cluster.simulate import SimExecutor
+    from cluster.strategy import build_strategy
 
     repo, src = _repo(tmp_path / "repo")
-    cfg = _config(repo, "offline")
-    camp = Campaign(cfg)
-    camp.budget = cfg.budget
-    camp.setup("cpu", cfg.budget, 2)
-    driver = SimpleNamespace(camp=camp, pipeline=_Pipeline(), pool=None)
-    return repo, src, camp, AsyncStrategy(cfg, driver, 2)
+    cfg = _config(repo, "offline", strategy=strategy, **kw)
+    camp = Campaign(cfg, say=lambda msg: None)
+    strat = build_strategy(cfg, 2)
+    camp.setup("cpu", cfg.budget, 2, strat.lines, strat.settings())
+    pipeline = start_pipeline(camp, [(MutateProposer(), 1.0)], 2, inline=True)
+    driver = Driver(camp, SimExecutor(2, lambda spec, rng: 1.0), pipeline, strat)
+    return repo, src, camp, strat, driver.view
+
+
+def _merge(camp, source: str, desc: str) -> str:
+    """Move the campaign's line to a new commit, as a merge would."""
+    line = camp.lines[0]
+    sha = gitops.commit_file(camp.repo, line.head, "train.py", source, desc)
+    camp.merge(line, sha, {"trial_id": "t0001", "val_bpb": 0.9, "description": desc})
+    return sha
 
 
 def _row(repo: Path, parent: str, source: str, tid: str, desc: str) -> dict:
@@ -274,19 +276,18 @@ def _row(repo: Path, parent: str, source: str, tid: str, desc: str) -> dict:
 
 
 def test_a_stale_winner_that_no_longer_applies_is_recorded_invalid_with_the_reason(tmp_path):
-    repo, src, camp, strat = _offline(tmp_path)
-    base = camp.incumbent
-    merged = gitops.commit_file(repo, base, "train.py", src.replace("R = 1.0", "R = 2.0"), "R")
-    gitops.set_ref(repo, f"refs/heads/{camp.branch}", merged, base)
+    repo, src, camp, strat, view = _offline(tmp_path)
+    base, line = camp.incumbent, camp.lines[0]
+    merged = _merge(camp, src.replace("R = 1.0", "R = 2.0"), "R")
     clash = _row(repo, base, src.replace("R = 1.0", "R = 3.0"), "t0042", "R to 3")
-    assert strat.rerun(clash) is None
+    assert strat.rerun(view, line, clash) is None
     bad = camp.rows[-1]
     assert bad["status"] == "invalid" and bad["kind"] == "candidate"
     assert "stale winner t0042" in bad["error"] and "no longer applies" in bad["error"]
     assert bad["parent_sha"] == merged and bad["description"].startswith("re-run of t0042")
     # A change on other lines re-applies, even next to the merged one: a new candidate there.
     fine = _row(repo, base, src.replace("S = 1.0", "S = 2.0"), "t0043", "S to 2")
-    spec = strat.rerun(fine)
+    spec = strat.rerun(view, line, fine)
     assert spec.kind == "candidate" and spec.parent_sha == merged
     text = _source(repo, spec.commit_sha)
     assert "R = 2.0" in text and "S = 2.0" in text
@@ -294,17 +295,17 @@ def test_a_stale_winner_that_no_longer_applies_is_recorded_invalid_with_the_reas
 
 
 def test_only_near_misses_on_different_lines_are_combined(tmp_path):
-    repo, src, camp, strat = _offline(tmp_path)
-    base = camp.incumbent
+    repo, src, camp, strat, view = _offline(tmp_path)
+    base, line, st = camp.incumbent, camp.lines[0], strat.state[0]
     p = _row(repo, base, src.replace("P = 1.0", "P = 2.0"), "t0010", "P")
     p2 = _row(repo, base, src.replace("P = 1.0", "P = 3.0"), "t0011", "P again")
     q = _row(repo, base, src.replace("Q = 1.0", "Q = 2.0"), "t0012", "Q")
-    strat.near_miss(p)
-    strat.near_miss(p2)  # same line as p: no combination
-    assert not strat.combines
-    strat.near_miss(q)
-    assert [(a["trial_id"], b["trial_id"]) for a, b in strat.combines] == [("t0010", "t0012")]
-    spec = strat.combine(*strat.combines.popleft())
+    strat.near_miss(view, line, p)
+    strat.near_miss(view, line, p2)  # same line as p: no combination
+    assert not st.combines
+    strat.near_miss(view, line, q)
+    assert [(a["trial_id"], b["trial_id"]) for a, b in st.combines] == [("t0010", "t0012")]
+    spec = strat.combine(view, line, *st.combines.popleft())
     assert spec.kind == "candidate" and spec.parent_sha == base
     entry = camp.inflight[spec.trial_id]["proposal"]
     assert entry["proposer"] == "combine" and "t0010" in entry["description"]
@@ -312,7 +313,7 @@ def test_only_near_misses_on_different_lines_are_combined(tmp_path):
     text = _source(repo, spec.commit_sha)
     assert "P = 2.0" in text and "Q = 2.0" in text
     # Validated like any proposal: the same stack again is a duplicate, recorded invalid.
-    assert strat.combine(p, q) is None
+    assert strat.combine(view, line, p, q) is None
     assert camp.rows[-1]["status"] == "invalid" and "duplicate" in camp.rows[-1]["error"]
 
 
@@ -459,33 +460,42 @@ def test_a_candidate_lost_with_its_worker_is_rerun_and_gated(tmp_path, ray_clust
     _check_merges(repo, camp, rows)
 
 
-def test_a_proposal_made_for_a_replaced_incumbent_is_rebased_or_dropped(tmp_path):
+def test_a_proposal_made_for_a_replaced_incumbent_is_rebased_or_recorded(tmp_path):
+    """Proposals queued when a merge lands are carried over by a three-way merge; one that no
+    longer applies becomes an invalid row with the reason (never lost without a trace)."""
     from cluster.records import Proposal
 
-    repo, src, camp, strat = _offline(tmp_path)
-    base = camp.incumbent
-    merged_src = src.replace("R = 1.0", "R = 2.0")
-    merged = gitops.commit_file(repo, base, "train.py", merged_src, "R")
-    gitops.set_ref(repo, f"refs/heads/{camp.branch}", merged, base)
+    repo, src, camp, strat, view = _offline(tmp_path)
+    base, line, pipeline = camp.incumbent, camp.lines[0], view._d.pipeline
 
-    def proposal(new: str) -> Proposal:
-        return Proposal(base, make_patch(src, new, "train.py"), "p", "queue")
+    def proposal(new: str, desc: str) -> Proposal:
+        return Proposal(base, make_patch(src, new, "train.py"), desc, "queue")
 
-    near = strat._onto_incumbent(proposal(src.replace("S = 1.0", "S = 2.0")))
-    assert near.parent_sha == merged
-    rebased = apply_patch(merged_src, near.patch, "train.py")
-    assert "R = 2.0" in rebased and "S = 2.0" in rebased
-    assert strat._onto_incumbent(proposal(src.replace("R = 1.0", "R = 5.0"))) is None
+    pipeline.ready[0] += [
+        proposal(src.replace("S = 1.0", "S = 2.0"), "S"),  # three lines from the merged R
+        proposal(src.replace("R = 1.0", "R = 5.0"), "R to 5"),  # the merged line itself
+    ]
+    merged = _merge(camp, src.replace("R = 1.0", "R = 2.0"), "R")
+    pipeline.update(0, camp.context(line))
+    specs = [s for s in view.take(line, 5) if s.kind == "candidate"]
+    assert [(s.parent_sha, camp.inflight[s.trial_id]["proposal"]["description"]) for s in specs][
+        :1
+    ] == [(merged, "S")]
+    text = _source(repo, specs[0].commit_sha)
+    assert "R = 2.0" in text and "S = 2.0" in text
+    dropped = [r for r in camp.rows if r["description"] == "R to 5"]
+    assert [r["status"] for r in dropped] == ["invalid"]
+    assert "no longer applies to the new incumbent" in dropped[0]["error"]
 
 
 def test_rounds_count_per_round_candidates_for_async(tmp_path):
-    from dataclasses import replace
-
-    _, _, camp, strat = _offline(tmp_path)
-    assert strat.room() is None  # --hours alone: no count limit
-    strat.cfg = replace(strat.cfg, rounds=3)
-    assert strat.room() == 6  # 3 x per_round (the 2 workers)
-    strat.cfg = replace(strat.cfg, rounds=3, trials=4)
-    assert strat.room() == 4
-    camp.make_spec("candidate", camp.incumbent, camp.incumbent)  # one started
-    assert strat.room() == 3 and not strat.limit_reached()
+    _, _, camp, strat, view = _offline(tmp_path)
+    assert strat.limits.room(view) is None  # --hours alone: no count limit
+    _, _, camp, strat, view = _offline(tmp_path / "b", rounds=3)
+    assert strat.limits.room(view) == 6  # 3 x per_round (the 2 workers)
+    _, _, camp, strat, view = _offline(tmp_path / "c", rounds=3, trials=4)
+    assert strat.limits.room(view) == 4
+    line = camp.lines[0]
+    sha = gitops.commit_file(camp.repo, line.head, "train.py", "X = 1\n", "x")
+    view.queue(view.spec("candidate", sha, line.head, line), line)  # one started
+    assert strat.limits.room(view) == 3 and not strat.limits.reached(view)

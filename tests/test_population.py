@@ -135,31 +135,105 @@ def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
 
 def test_an_interrupted_island_merge_is_completed_unless_a_migration_followed(tmp_path):
     """A killed driver may record a merge and die before moving the island's branch."""
-    from types import SimpleNamespace
-
     from cluster.campaign import Campaign
     from cluster.records import TrialResult
-    from cluster.strategy_population import PopulationStrategy
 
     repo, src = _repo(tmp_path / "repo")
     cfg = _config(repo, "imerge", strategy="population", islands=2)
-    camp = Campaign(cfg)
-    camp.budget = "1s"
-    camp.setup("cpu", "1s", 2)
+
+    def resume() -> Campaign:
+        camp = Campaign(cfg, say=lambda msg: None)
+        camp.setup("cpu", "1s", 2, 2)
+        return camp
+
+    camp = resume()
     base = camp.base_sha
     win = gitops.commit_file(repo, base, "train.py", src.replace("R = 1.0", "R = 2.0"), "R")
-    spec = camp.make_spec("confirm", win, base, island=1)
+    spec = camp.make_spec("confirm", win, base, 1)
     camp.record(spec, None, TrialResult(status="ok", val_bpb=0.9), status="keep", merged=True)
-    driver = SimpleNamespace(camp=camp)
-    PopulationStrategy(cfg, driver, 2)
+    resume()
     assert gitops.rev_parse(repo, island_branch("imerge", 1)) == win
     assert gitops.rev_parse(repo, island_branch("imerge", 0)) == base
     # After a migration moved island 1 (later than the merge), its branch is left alone.
     gitops.set_ref(repo, f"refs/heads/{island_branch('imerge', 1)}", base)
     move = dict(time=time.time() + 1, island=1, source=0, old=win, new=base, why="test")
     (camp.run_dir / "islands.jsonl").write_text(json.dumps(move) + "\n")
-    PopulationStrategy(cfg, driver, 2)
+    resume()
     assert gitops.rev_parse(repo, island_branch("imerge", 1)) == base
+
+
+def test_every_island_is_proposed_for_on_its_own_incumbent():
+    """Regression: the pipeline held one context for whichever island was current, so
+    islands ran proposals written for another island's incumbent. Now each line has its own
+    context and queue: count, over a whole simulated 4-island campaign, every candidate's
+    proposal against the island and incumbent it was written for."""
+    import random
+
+    from cluster.campaign import Campaign, CampaignConfig
+    from cluster.driver import start_pipeline
+    from cluster.ledger import MemoryLedger
+    from cluster.loop import Driver
+    from cluster.proposers.mutate import MutateProposer
+    from cluster.repo import MemoryRepo
+    from cluster.simulate import SimExecutor
+    from cluster.strategy import build_strategy
+
+    class Tagged(MutateProposer):
+        def propose(self, ctx, n):
+            out = super().propose(ctx, n)
+            for p in out:
+                p.description += f" [for island {ctx.island} at {ctx.incumbent_sha}]"
+            return out
+
+    good = {"A": 3.0, "B": 0.2, "C": 5.0, "D": 0.3}  # every constant has a better value
+    src = "".join(f"{k} = 1.0\n\n\n" for k in good)
+
+    def score(spec, rng: random.Random) -> float:
+        text = repo.read_blob(spec.commit_sha, "train.py")
+        consts = {
+            ln.split(" = ")[0]: float(ln.split(" = ")[1])
+            for ln in text.split("\n\n\n")
+            if " = " in ln
+        }
+        return sum(abs(math.log(consts[k] / v)) for k, v in good.items()) + rng.gauss(0, 0.02)
+
+    import math
+
+    repo = MemoryRepo({"train.py": src})
+    cfg = CampaignConfig(
+        tag="iso",
+        target="train.py",
+        strategy="population",
+        islands=4,
+        migrate_every=8,
+        hours=40 * 300 / 3600,
+        seed=3,
+    )
+    camp = Campaign(cfg, repo=repo, ledger=MemoryLedger(), say=lambda msg: None)
+    strategy = build_strategy(cfg, 8)
+    camp.setup("cpu", "300s", 8, strategy.lines, strategy.settings())
+    pipeline = start_pipeline(camp, [(Tagged(seed=3), 1.0)], 8, inline=True)
+    ex = SimExecutor(8, score, seed=3)
+    Driver(camp, ex, pipeline, strategy, clock=ex.now).run()
+
+    cands = [r for r in camp.rows if r["kind"] == "candidate" and r["commit_sha"]]
+    islands = {r["island"] for r in cands}
+    assert islands == {0, 1, 2, 3} and len(cands) > 100
+    wrong_island = [r for r in cands if f"[for island {r['island']} " not in r["description"]]
+    assert wrong_island == []
+    # Each ran on the incumbent it was written for, or on its own island's next incumbent
+    # (queued when that island merged, carried over by a three-way merge).
+    heads = {i: {camp.base_sha} for i in range(4)}
+    for r in camp.rows:
+        if r["merged"]:
+            heads[r["island"]].add(r["commit_sha"])
+    for m in camp.moves:  # exploit steps: an island copied another's incumbent
+        heads[m["island"]].add(m["new"])
+    written_on = {r["trial_id"]: r["description"].rsplit(" at ", 1)[1][:-1] for r in cands}
+    assert all(written_on[r["trial_id"]] in heads[r["island"]] for r in cands)
+    moved = [r for r in cands if written_on[r["trial_id"]] != r["parent_sha"]]
+    assert len(moved) < len(cands) // 3 and camp.moves
+    assert sum(1 for r in camp.rows if r["merged"]) >= 4
 
 
 def test_cli_islands_flags():

@@ -20,48 +20,38 @@ _spec.loader.exec_module(sim)
 SEEDS = range(6)
 
 
-def _worse(strategy: str, gate_on: bool, obj) -> int:
-    return sum(
-        sim.Sim(strategy, 4, gate_on, obj, noise=0.03, horizon=48, seed=s).run().worse
-        for s in SEEDS
-    )
+def _worse(strategy: str, obj) -> int:
+    return sum(sim.Sim(strategy, 4, obj, noise=0.03, horizon=48, seed=s).run().worse for s in SEEDS)
 
 
 @pytest.mark.parametrize("strategy", ["rounds", "async", "population"])
 def test_the_gate_stops_truly_worse_merges_when_there_is_nothing_to_gain(strategy):
     obj = sim.Objective(start_at_optimum=True)  # every change hurts; noise 2x the default
-    gated, ungated = _worse(strategy, True, obj), _worse(strategy, False, obj)
-    assert ungated >= 10  # best-of-N luck: the greedy rule merges regressions
+    gated, ungated = _worse(strategy, obj), _worse("greedy", obj)
+    assert ungated >= 10  # best-of-N luck: autoresearch's rule merges regressions
     assert gated * 5 <= ungated
 
 
-def _median_t(strategy: str, n: int, gate_on: bool) -> float:
+def _median_t(strategy: str, n: int) -> float:
     obj = sim.Objective()
     times = [
-        sim.Sim(strategy, n, gate_on, obj, noise=0.015, horizon=96, seed=s).run().t_target
-        for s in range(8)
+        sim.Sim(strategy, n, obj, noise=0.015, horizon=96, seed=s).run().t_target for s in range(8)
     ]
     return statistics.median(math.inf if t is None else t for t in times)
 
 
-def test_with_headroom_parallel_rounds_reach_the_target_sooner():
+def test_with_headroom_parallel_workers_reach_the_target_sooner():
     # Under the gate, 8 workers beat one by far (replicates and confirmations run in parallel).
-    assert _median_t("rounds", 8, True) * 2 < _median_t("rounds", 1, True)
-    # Without it, rounds of 8 beat autoresearch's one-GPU greedy loop.
-    assert _median_t("rounds", 8, False) * 2 < _median_t("greedy", 1, False)
+    assert _median_t("rounds", 8) * 2 < _median_t("rounds", 1)
+    # Without it too: autoresearch's rule on 8 workers against the same rule on one.
+    assert _median_t("greedy", 8) * 1.5 < _median_t("greedy", 1)
 
 
-def test_greedy_is_rounds_of_one_without_the_gate():
+def test_greedy_on_one_worker_is_autoresearch():
     obj = sim.Objective()
-    a = sim.Sim("greedy", 1, False, obj, noise=0.015, horizon=48, seed=3).run()
-    b = sim.Sim("rounds", 1, False, obj, noise=0.015, horizon=48, seed=3).run()
-    assert (a.final, a.merges, a.worse, a.trials) == (b.final, b.merges, b.worse, b.trials)
-    assert a.trials == 47 or a.trials == 48  # one trial per budget unit, jitter aside
-
-
-def test_mutate_patches_parse_back_to_constants():
-    s = sim.Sim("greedy", 1, False, sim.Objective(), noise=0.0, horizon=1, seed=0)
-    (child,) = s.propose(s.inc[0], 1)
-    parent_consts, child_consts = s.consts[s.inc[0]], s.consts[child]
-    changed = {k for k in parent_consts if parent_consts[k] != child_consts[k]}
-    assert 1 <= len(changed) <= 2 and changed == set(s.changes[child])
+    s = sim.Sim("greedy", 1, obj, noise=0.015, horizon=48, seed=3).run()
+    assert 46 <= s.trials <= 49  # one trial per budget unit (jitter; the last ends late)
+    assert s.merges >= 3 and s.final < s.start_true
+    rows = s.camp.rows
+    assert [r["kind"] for r in rows[:2]] == ["baseline", "candidate"]  # one run, then candidates
+    assert all(r["kind"] != "confirm" for r in rows)  # no gate, no confirmations

@@ -122,6 +122,7 @@ class MutateProposer:
         self.rng = random.Random(seed)
         self.skip_prefixes = skip_prefixes
         self.max_changes = max_changes
+        self._evidence: tuple = (None, {})
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Proposal]:
         consts = [
@@ -131,7 +132,10 @@ class MutateProposer:
         ]
         if not consts:
             return []
-        ev = evidence(ctx.history, ctx.noise)
+        key = (len(ctx.history), ctx.noise, ctx.history[-1]["trial_id"] if ctx.history else "")
+        if self._evidence[0] != key:  # ledgers only grow: the same length is the same history
+            self._evidence = (key, evidence(ctx.history, ctx.noise))
+        ev = self._evidence[1]
         weights = [_weight(ev.get(name)) for name, _ in consts]
         out = []
         for _ in range(n):

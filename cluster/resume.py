@@ -1,0 +1,77 @@
+"""What a campaign finds when it starts again: its branches, unfinished merges, lost trials.
+
+The driver writes the ledger before it moves a branch, and journals every trial before it
+runs (runs/TAG/inflight.json), so a driver killed at any point leaves one of three things,
+each repaired here on the next start: a line branch behind its last recorded merge (moved
+forward, unless the line was reset by an exploit step after that merge), trials in the
+journal with no ledger row (recorded `lost` by the Campaign and run again when still on a
+line's incumbent, with their proposals), or nothing to repair.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cluster.config import CampaignError
+from cluster.lines import Line
+from cluster.records import TrialSpec
+
+
+def refuse_checked_out(git, names: list[str]) -> None:
+    checked_out = [b.removeprefix("refs/heads/") for b in git.checked_out_branches()]
+    for name in names:
+        if name in checked_out:
+            raise CampaignError(
+                f"{name} is checked out in a worktree; the driver moves it, so check "
+                "out another branch first (git switch -)"
+            )
+
+
+def head(git, branch: str, base: str) -> str:
+    """The branch's commit; a new branch starts at the base."""
+    sha = git.rev_parse(branch)
+    if not sha:
+        git.set_ref(f"refs/heads/{branch}", base)
+        sha = base
+    return sha
+
+
+def moves(path: Path) -> list[dict]:
+    """The exploit steps recorded in runs/TAG/islands.jsonl."""
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def unfinished_merge(git, line: Line, rows: list[dict], moved: list[dict], k: int) -> str | None:
+    """The commit a killed driver recorded as merged on the line without moving its branch."""
+    won = [r for r in rows if r.get("merged") and (r.get("island") or 0) == line.index]
+    if not won or won[-1]["commit_sha"] == line.head:
+        return None
+    if any(m["island"] == line.index and m["time"] > won[-1]["recorded"] for m in moved):
+        return None
+    want = won[-1]["commit_sha"]
+    if git.is_ancestor(line.head, want):
+        return want
+    if k > 1:
+        return None  # an island may have copied another island's incumbent since
+    raise CampaignError(
+        f"{line.branch} is at {line.head[:10]}, which the ledger never "
+        f"merged (it expects {want[:10]}); was it moved by hand?"
+    )
+
+
+def lost(journal: Path, rows: list[dict]) -> list[tuple[TrialSpec, dict | None, str]]:
+    """Journaled trials without a ledger row: (spec, proposal, why it has no result)."""
+    if not journal.exists():
+        return []
+    recorded = {r["trial_id"] for r in rows}
+    out = []
+    for tid, entry in json.loads(journal.read_text()).items():
+        if tid in recorded:
+            continue
+        where = "waiting for a worker" if entry.get("queued") else "running"
+        why = f"the driver stopped while this trial was {where}"
+        out.append((TrialSpec(**entry["spec"]), entry.get("proposal"), why))
+    return out

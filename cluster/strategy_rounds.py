@@ -1,0 +1,117 @@
+"""`rounds`: the shape autoresearch users know, N at a time, as a barrier over the loop.
+
+Measure the incumbent's noise with replicates; start a round of per_round candidates (the
+workers, by default); wait for all of them (the barrier: nothing new starts while the round
+runs); screen the best through the gate; run a confirmation of it beside a fresh incumbent
+replicate (replicate first, so the confirmation is judged with it when both fit); merge when
+the confirmation passes; repeat. Stops after --rounds R rounds, --trials K candidates or
+--hours H; a confirmation under way still finishes.
+"""
+
+from __future__ import annotations
+
+from cluster.strategy import Verdict
+from cluster.tactics import Limits, judge_confirmation, replicates, top_up
+
+
+class Rounds:
+    name, lines = "rounds", 1
+
+    def __init__(self, cfg, workers: int):
+        self.cfg, self.workers = cfg, workers
+        self.replicates = replicates(cfg, workers)
+        self.limits = Limits(cfg)
+        self.rounds_done = 0
+        self.open: int | None = None  # the round being collected or run
+        self.taken = 0  # candidates started in the open round
+
+    def settings(self) -> dict:
+        return {}
+
+    def per_round(self, view) -> int:
+        """--per-round, else the workers wanted now (they follow the cluster with auto)."""
+        return self.cfg.per_round or view.workers() or self.workers
+
+    def stopping(self, view) -> bool:
+        if self.cfg.rounds is not None and self.rounds_done >= self.cfg.rounds:
+            return True
+        return self.limits.reached(view)
+
+    def next_trial(self, view):
+        line = view.lines[0]
+        spec = view.pop_follow_up(line)
+        if spec is not None:
+            return spec
+        if self.open is not None:
+            if self.taken < self.per_round(view) and not self.stopping(view):
+                got = view.take(line, 1, wait=10.0 if self.taken else None)
+                if got:
+                    self.taken += 1
+                    return got[0]
+                if not self.taken:
+                    return None  # no proposal yet: the loop asks again
+                self.taken = self.per_round(view)  # run what we have rather than idle
+            if view.running(line):
+                return None  # the barrier
+            self.close_round(view, line)
+            return view.pop_follow_up(line)
+        if self.stopping(view):
+            return None
+        if top_up(view, line, self.replicates):
+            return view.pop_follow_up(line)
+        self.open, self.taken = view.start_round(), 0
+        return self.next_trial(view)
+
+    def close_round(self, view, line) -> None:
+        """The round's candidates are all in: confirm the best if it passes the screen."""
+        n, self.open = self.open, None
+        self.rounds_done += 1
+        gate = view.gate
+        noise, dof = view.noise_dof()
+        runs = view.runs_of(line.head)
+        scored = sorted(
+            (
+                r
+                for r in view.rows
+                if r["kind"] == "candidate"
+                and r["round"] == n
+                and r["val_bpb"] is not None
+                and r["status"] == "discard"
+                and r["parent_sha"] == line.head
+            ),
+            key=lambda r: r["val_bpb"],
+        )
+        if not scored or not noise or not runs:
+            return
+        best = scored[0]
+        if not gate.promising(best["val_bpb"], runs, noise, dof):
+            need = gate.threshold(noise, len(runs), gate.noise_multiple, dof)
+            view.say(
+                f"round {n}: best {best['trial_id']} {best['val_bpb']:.4f} does "
+                f"not beat the incumbent by {need:.4f} ({gate.noise_multiple:g} x noise)"
+            )
+            return
+        view.say(
+            f"round {n}: {best['trial_id']} looks better; confirming with a fresh "
+            "seed beside a fresh incumbent run"
+        )
+        inc = line.head
+        meta = {k: best.get(k) for k in ("proposer", "model", "description")}
+        view.queue(view.spec("baseline", inc, inc, line), line)
+        view.queue(view.spec("confirm", best["commit_sha"], inc, line, meta), line)
+
+    def on_result(self, view, row) -> Verdict:
+        if row.kind == "baseline":
+            return Verdict.KEEP
+        if row.kind == "confirm":
+            return judge_confirmation(view, row)[0]
+        return Verdict.DISCARD
+
+    def done(self, view) -> bool:
+        line = view.lines[0]
+        return (
+            self.stopping(view) and self.open is None and not line.follow_ups and not view.running()
+        )
+
+    def close(self, view) -> None:
+        pass

@@ -1,0 +1,85 @@
+"""Behaviour the strategies share, as functions and small objects they compose.
+
+- `Limits`: --trials K (candidates started), --rounds R (R x round_size candidates for the
+  strategies without rounds), --hours H (on the driver's clock).
+- `replicates(cfg, workers)` and `top_up(view, line, n)`: measure a line's incumbent with n
+  runs before candidates are judged against it (4+: with 2, Student's t widens the gate 6x).
+- `judge_confirmation(view, row)`: a fresh run of a screened candidate merges when it beats
+  its parent's runs through the gate and the parent is still its line's incumbent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cluster.strategy import Verdict
+
+if TYPE_CHECKING:
+    from cluster.lines import Line
+    from cluster.loop import View
+    from cluster.rows import TrialRow
+
+
+def replicates(cfg, workers: int) -> int:
+    return max(2, cfg.replicates or max(4, workers))
+
+
+class Limits:
+    def __init__(self, cfg, round_size: int | None = None):
+        self.trials, self.hours = cfg.trials, cfg.hours
+        # --rounds R without rounds: R x round_size candidates, fixed at start
+        self.rounds, self.round_size = cfg.rounds, round_size
+        self.t_start: float | None = None  # the driver's clock when first asked
+
+    def room(self, view: View) -> int | None:
+        """Candidates that may still start (None: no count limit)."""
+        limits = []
+        if self.trials is not None:
+            limits.append(self.trials)
+        if self.rounds is not None and self.round_size:
+            limits.append(self.rounds * self.round_size)
+        return max(0, min(limits) - view.candidates_started()) if limits else None
+
+    def time_up(self, view: View) -> bool:
+        if self.t_start is None:
+            self.t_start = view.now()
+        return self.hours is not None and view.now() - self.t_start >= self.hours * 3600
+
+    def reached(self, view: View) -> bool:
+        return self.time_up(view) or self.room(view) == 0
+
+
+def top_up(view: View, line: Line, n: int) -> bool:
+    """Queue replicates until the line's incumbent has n runs (one more while the noise is
+    unknown). After a merge it has only its confirmation run. True if any was queued."""
+    inc = line.head
+    have = len(view.runs_of(inc)) + line.reps_pending[inc]
+    missing = n - have
+    if view.noise_dof()[0] is None and not line.reps_pending[inc]:
+        missing = max(missing, 1)
+    for _ in range(missing):
+        view.queue(view.spec("baseline", inc, inc, line), line)
+    return missing > 0
+
+
+def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:
+    """(verdict, stale): stale when it passed but its parent is no longer the incumbent."""
+    runs = view.runs_of(row.parent_sha)
+    noise, dof = view.noise_dof()
+    if row.val_bpb is None or not noise or not runs:
+        return Verdict.DISCARD, False
+    if not view.gate.confirmed(row.val_bpb, runs, noise, dof):
+        return Verdict.DISCARD, False
+    if view.lines[row.island or 0].head == row.parent_sha:
+        return Verdict.MERGE, False
+    return Verdict.DISCARD, True
+
+
+def screen(view: View, row: TrialRow) -> tuple[bool, float | None]:
+    """(promising, gain over the parent's mean) of a candidate's screening run."""
+    runs = view.runs_of(row.parent_sha)
+    noise, dof = view.noise_dof()
+    if row.val_bpb is None or not noise or not runs:
+        return False, None
+    gain = sum(runs) / len(runs) - row.val_bpb
+    return view.gate.promising(row.val_bpb, runs, noise, dof), gain
