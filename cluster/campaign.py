@@ -390,6 +390,17 @@ class Campaign:
             self.git.set_ref(f"refs/heads/{self.main_branch}", sha, have)
             self.say(f"{self.main_branch} -> {sha[:10]} ({why})")
 
+    def save_pending(self, ready: dict[int, list[Proposal]]) -> None:
+        if self.files:
+            _atomic_json(
+                self.files.proposals, {i: [asdict(p) for p in q] for i, q in ready.items()}
+            )
+
+    def load_pending(self) -> dict[int, list[tuple[Proposal, ProposalContext]]]:
+        if not self.files:
+            return {}
+        return resume.pending(self.files.proposals, self.source, self.cfg.target)
+
     def write_lines(self, state: list[dict]) -> None:
         if self.files:
             _atomic_json(self.files.islands, state)

@@ -56,7 +56,7 @@ def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
     diffs = [
         f"{k}: campaign has {saved.get(k)!r}, this run asks {v!r}"
         for k, v in settings.items()
-        if saved.get(k) != v
+        if _canonical(k, saved.get(k)) != _canonical(k, v)
     ]
     if diffs:
         raise CampaignError(
@@ -70,3 +70,15 @@ def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
 def config_from_dict(d: dict) -> CampaignConfig:
     names = {f.name for f in fields(CampaignConfig)}
     return CampaignConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def _canonical(key: str, value):
+    """A budget saved before budgets were parsed at the edge ("5m") equals "300s"."""
+    if key != "budget" or not isinstance(value, str):
+        return value
+    from trainer.budget import Budget
+
+    try:
+        return str(Budget.parse(value))
+    except ValueError:
+        return value

@@ -74,7 +74,7 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
     )
     for p, _ in proposers:  # knobs of the other device would be null changes
         if p.name == "mutate":
-            p.skip_prefixes = ("GPU_",) if plan["device_kind"] == "cpu" else ("CPU_",)
+            p.for_device(plan["device_kind"])
     camp.say(
         f"campaign {cfg.tag}: {plan['workers']} workers ({plan['device_kind']}"
         f"{', ' + str(plan['threads']) + ' threads each' if plan['threads'] else ''}), "
@@ -135,8 +135,7 @@ def start_pool(camp: Campaign, pool: WorkerPool, cfg: CampaignConfig, plan: dict
             "type with --gpu-type so every trial is comparable"
         )
     gpu_name = names[0] if names else ""
-    pool.gpu_name = gpu_name
-    pool.pin_type()
+    pool.pin(gpu_name)
     if cfg.gpu_type and cfg.gpu_type not in gpu_name:
         raise CampaignError(f"--gpu-type {cfg.gpu_type} but workers report {gpu_name!r}")
     nodes = sorted({i["node"] for i in infos})
@@ -163,8 +162,11 @@ def start_pipeline(camp: Campaign, proposers, ahead: int, inline: bool = False):
         if r.get("commit_sha") and r.get("kind") == "candidate"
     }
     seen |= {source_hash(camp.source(line.head)) for line in camp.lines}
-    pipeline = ProposalPipeline(proposers, ahead, seed=camp.cfg.seed, inline=inline)
-    pipeline.start({line.index: camp.context(line) for line in camp.lines}, seen)
+    pipeline = ProposalPipeline(
+        proposers, ahead, seed=camp.cfg.seed, inline=inline, on_change=camp.save_pending
+    )
+    contexts = {line.index: camp.context(line) for line in camp.lines}
+    pipeline.start(contexts, seen, camp.load_pending())
     return pipeline
 
 

@@ -16,12 +16,29 @@ Resume is here, once for every strategy: trials a killed driver left in flight w
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Protocol
 
 from cluster.campaign import MAX_REQUEUES, Campaign, CampaignError
 from cluster.lines import Line
 from cluster.records import TrialResult, TrialSpec
 from cluster.rows import TrialRow
 from cluster.strategy import Strategy, Verdict
+
+
+class Executor(Protocol):
+    """Where trials run: the Ray worker pool (cluster/pool.py) or the simulated clock
+    (cluster/simulate.py). `results` yields (spec, result, log text, worker index)."""
+
+    target: int  # workers wanted
+
+    def submit(self, spec: TrialSpec) -> None: ...
+    def results(self, timeout: float) -> Iterator[tuple[TrialSpec, TrialResult, str, int]]: ...
+    def idle(self) -> int: ...
+    def busy(self) -> int: ...
+    def recovering(self) -> int: ...
+    def starting(self) -> int: ...
+
 
 WAIT_FOR_PROPOSALS = 5.0  # s a take blocks when no trial runs (nothing else to wait for)
 SAY_WAITING = 30.0  # s without proposals before the console says why
@@ -157,7 +174,7 @@ class Driver:
     def __init__(
         self,
         camp: Campaign,
-        executor,
+        executor: Executor,
         pipeline,
         strategy: Strategy,
         *,

@@ -3,8 +3,11 @@
 A background thread keeps up to `ahead` validated proposals in all, shared out over the lines
 (one for rounds and async, K islands for population), drawing from the proposers by weight.
 Each line has its own context (its incumbent, its source, the history), so a proposal is
-written for the incumbent of the line it will run on. When a line's incumbent moves, its
-queued proposals are carried over by a three-way merge (old incumbent, new incumbent,
+written for the incumbent of the line it will run on. The queues are saved as they change
+(`on_change`; the campaign keeps them in runs/TAG/proposals.json) and a restarted driver starts
+with them, so a proposal taken from a proposer (a queue file moved to done/, a paid LLM answer)
+is not lost with the process. When a line's incumbent moves, its queued proposals are carried
+over by a three-way merge (old incumbent, new incumbent,
 proposal); one that no longer merges becomes an invalid proposal with the reason, like any
 unusable answer: the driver records it and proposers hear about it next time.
 
@@ -39,6 +42,7 @@ class ProposalPipeline:
         ahead: int,
         seed: int = 0,
         inline: bool = False,
+        on_change=None,
     ):
         if not proposers:
             raise ValueError("no proposers configured")
@@ -46,6 +50,7 @@ class ProposalPipeline:
         self.ahead = max(1, ahead)
         self.rng = random.Random(seed)
         self.inline = inline
+        self.on_change = on_change  # called with {line: [Proposal]} when a queue changes
         self.ctx: dict[int, ProposalContext] = {}
         self.seen: set[str] = set()
         self.ready: dict[int, list[Proposal]] = {}
@@ -59,10 +64,23 @@ class ProposalPipeline:
 
     # ------------------------------------------------------------------ driver side
 
-    def start(self, contexts: dict[int, ProposalContext], seen: set[str]) -> None:
+    def start(
+        self,
+        contexts: dict[int, ProposalContext],
+        seen: set[str],
+        pending: dict[int, list[tuple[Proposal, ProposalContext]]] | None = None,
+    ) -> None:
+        """Begin with `pending`: proposals a previous driver had queued (with the context
+        each was validated in), carried over to the lines' incumbents and validated again."""
         self.ctx, self.seen = dict(contexts), seen
         self.ready = {i: [] for i in contexts}
         self.invalid = {i: [] for i in contexts}
+        for line, items in (pending or {}).items():
+            if line not in self.ctx:
+                continue
+            for p, old in items:
+                self._accept(line, p, old)
+        self._changed()
         if not self.inline:
             self.thread.start()
 
@@ -77,6 +95,7 @@ class ProposalPipeline:
                     q = self._rebase(p, old, ctx)
                     (self.invalid[line] if q.error else kept).append(q)
                 self.ready[line] = kept
+                self._changed()
             self.cond.notify_all()
 
     def resize(self, ahead: int) -> None:
@@ -106,6 +125,8 @@ class ProposalPipeline:
                 self.cond.wait(left)
             valid, self.ready[line] = self.ready[line][:n], self.ready[line][n:]
             invalid, self.invalid[line] = self.invalid[line], []
+            if valid:
+                self._changed()
             self.cond.notify_all()
         return valid, invalid
 
@@ -148,21 +169,30 @@ class ProposalPipeline:
             self.last_error = f"{proposer.name}: {type(e).__name__}: {e}"
             got = []
         with self.cond:
-            now = self.ctx[line]
             for p in got:
-                if p.parent_sha != now.incumbent_sha and not p.error:
-                    p = self._rebase(p, ctx, now)  # the line moved while it was written
-                if not p.error:
-                    validate(p, now, self.seen)
-                if p.error and p.proposer == "mutate" and p.error.startswith("duplicate"):
-                    continue  # a random perturbation repeating itself is not news
-                (self.invalid[line] if p.error else self.ready[line]).append(p)
+                self._accept(line, p, ctx)
             if got:
+                self._changed()
                 self.empty_since = None
                 self.cond.notify_all()
             else:
                 self.empty_since = self.empty_since or time.monotonic()
         return bool(got)
+
+    def _accept(self, line: int, p: Proposal, written: ProposalContext) -> None:
+        """Queue a proposal written in context `written` for the line (its incumbent now)."""
+        now = self.ctx[line]
+        if p.parent_sha != now.incumbent_sha and not p.error:
+            p = self._rebase(p, written, now)  # the line moved while it was written
+        if not p.error:
+            validate(p, now, self.seen)
+        if p.error and p.proposer == "mutate" and p.error.startswith("duplicate"):
+            return  # a random perturbation repeating itself is not news
+        (self.invalid[line] if p.error else self.ready[line]).append(p)
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change({i: list(q) for i, q in self.ready.items()})
 
     @staticmethod
     def _rebase(p: Proposal, old: ProposalContext, new: ProposalContext) -> Proposal:

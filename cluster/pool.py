@@ -116,7 +116,7 @@ class WorkerPool:
         self.pings: dict = {}  # ObjectRef of a ping -> index of a worker whose actor died
         self.bundle_for = bundle_for
         self.trial_timeout = trial_timeout
-        self.gpu_name: str | None = None  # set by the driver from the first workers
+        self.gpu_name: str | None = None  # the first workers' GPU (pin)
         self.followed = time.monotonic()
         self._spawn(n)
 
@@ -189,10 +189,12 @@ class WorkerPool:
             if not strict:
                 self.say(f"worker {i} joined on {info.get('node')}: {self.ready()} ready")
 
-    def pin_type(self) -> None:
-        """Following with no --gpu-type: count and place only GPUs of the ready workers' type
+    def pin(self, gpu_name: str) -> None:
+        """The campaign's GPU (the first workers'): a worker that joins on another is dropped.
+        Following with no --gpu-type: count and place only GPUs of the ready workers' type
         (Ray labels GPU nodes accelerator_type:NAME), so a node of another type that joins the
         cluster neither counts nor takes a worker that would be dropped for its GPU."""
+        self.gpu_name = gpu_name
         if not self.follow or self.accelerator_type:
             return
         types = accelerator_types(

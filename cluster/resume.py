@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cluster.config import CampaignError
 from cluster.lines import Line
-from cluster.records import TrialSpec
+from cluster.proposers.base import ProposalContext
+from cluster.records import Proposal, TrialSpec
 
 
 def refuse_checked_out(git, names: list[str]) -> None:
@@ -74,4 +75,19 @@ def lost(journal: Path, rows: list[dict]) -> list[tuple[TrialSpec, dict | None, 
         where = "waiting for a worker" if entry.get("queued") else "running"
         why = f"the driver stopped while this trial was {where}"
         out.append((TrialSpec(**entry["spec"]), entry.get("proposal"), why))
+    return out
+
+
+def pending(path: Path, source, target: str) -> dict[int, list[tuple[Proposal, ProposalContext]]]:
+    """Proposals a previous driver had queued per line, each with the context it was
+    written in (its parent's source), so the pipeline can carry it to the line's incumbent."""
+    if not path.exists():
+        return {}
+    out: dict[int, list] = {}
+    for line, items in json.loads(path.read_text()).items():
+        for d in items:
+            p = Proposal(**d)
+            out.setdefault(int(line), []).append(
+                (p, ProposalContext(p.parent_sha, source(p.parent_sha), target))
+            )
     return out

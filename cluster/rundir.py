@@ -44,6 +44,11 @@ class RunDir:
         return self.path / "inflight.json"
 
     @property
+    def proposals(self) -> Path:
+        """Validated proposals queued for each line and not yet run, for resume."""
+        return self.path / "proposals.json"
+
+    @property
     def islands(self) -> Path:
         """Population: each island's head, mean, runs and merges now."""
         return self.path / "islands.json"

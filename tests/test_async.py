@@ -499,3 +499,97 @@ def test_rounds_count_per_round_candidates_for_async(tmp_path):
     sha = gitops.commit_file(camp.repo, line.head, "train.py", "X = 1\n", "x")
     view.queue(view.spec("candidate", sha, line.head, line), line)  # one started
     assert strat.limits.room(view) == 3 and not strat.limits.reached(view)
+
+
+@pytest.mark.slow
+def test_a_rounds_driver_killed_during_a_confirmation_merges_the_winner_on_resume(tmp_path, data):
+    """Regression: the rounds strategy re-ran a killed driver's confirmation without judging
+    it, so the winner was recorded `discard`, without its description, and never merged."""
+    import json
+    import signal
+    import sys
+    import time
+
+    repo, src = _repo(tmp_path / "repo")
+    (repo / "train.py").write_text(src.replace("SLEEP = 0.5", "SLEEP = 3.0"))
+    gitops.git(repo, "commit", "-qam", "slower trials")
+    src = (repo / "train.py").read_text()
+    _queue(repo, "0-r.patch", src, src.replace("R = 1.0", "R = 2.0"), "raise R")
+    _queue(repo, "1-null.patch", src, src.replace("UNUSED = 1.0", "UNUSED = 2.0"), "null")
+    cmd = [sys.executable, "-m", "cluster.cli", "run", "--tag", "rk", "--repo", str(repo)]
+    cmd += ["--target", "train.py", "--protocol", "autoresearch", "--strategy", "rounds"]
+    cmd += ["--proposer", "queue:queue", "--device", "cpu", "--sandbox", "off"]
+    cmd += ["--budget", "3s", "--workers", "2", "--replicates", "4", "--rounds", "1"]
+    cmd += ["--hours", "0.05"]
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+
+    def start():
+        return subprocess.Popen(
+            cmd,
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+
+    journal = repo / "runs" / "rk" / "inflight.json"
+    ledger = repo / "runs" / "rk" / "trials.jsonl"
+
+    def confirming() -> bool:
+        try:
+            running = json.loads(journal.read_text())
+        except (OSError, ValueError):
+            return False
+        return any(e["spec"]["kind"] == "confirm" and not e.get("queued") for e in running.values())
+
+    first = start()
+    deadline = time.monotonic() + 240
+    while not confirming() and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert confirming(), first.communicate()[0]
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    before = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    assert not any(r["merged"] for r in before) and not any(r["kind"] == "confirm" for r in before)
+    winner = next(r for r in before if r["description"] == "raise R")
+
+    second = start()
+    out = second.communicate(timeout=300)[0]
+    assert second.returncode == 0, out
+    after = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    confirms = [r for r in after if r["kind"] == "confirm"]
+    assert [r["status"] for r in confirms] == ["lost", "keep"], confirms
+    assert all(r["description"] == "raise R" for r in confirms)  # the proposal came along
+    merged = [r for r in after if r["merged"]]
+    assert [r["commit_sha"] for r in merged] == [winner["commit_sha"]]
+    assert gitops.rev_parse(repo, "autoresearch/rk") == winner["commit_sha"]
+
+
+def test_queued_proposals_survive_a_restart(tmp_path):
+    """A proposal taken from a proposer (a queue file moved to done/) and still waiting for a
+    worker when the driver dies is queued again by the next driver, not lost."""
+    from cluster.campaign import Campaign
+    from cluster.driver import start_pipeline
+    from cluster.proposers.queue import QueueProposer
+
+    repo, src = _repo(tmp_path / "repo")
+    _queue(repo, "1-r.patch", src, src.replace("R = 1.0", "R = 2.0"), "raise R")
+    _queue(repo, "2-s.patch", src, src.replace("S = 1.0", "S = 2.0"), "raise S")
+    cfg = _config(repo, "pend", strategy="async")
+
+    def start():
+        camp = Campaign(cfg, say=lambda msg: None)
+        camp.setup("cpu", "1s", 2, 1)
+        pipeline = start_pipeline(camp, [(QueueProposer(repo / "queue"), 1.0)], 2, inline=True)
+        return camp, pipeline
+
+    camp, pipeline = start()
+    first, _ = pipeline.take(0, 1, timeout=0)  # one taken (the driver would run it) ...
+    assert [p.description for p in first] == ["raise R"]
+    assert not list((repo / "queue").glob("*.patch"))  # ... and both files consumed
+    camp, pipeline = start()  # the driver died; a new one starts
+    again, _ = pipeline.take(0, 5, timeout=0)
+    assert [p.description for p in again] == ["raise S"]
+    assert again[0].parent_sha == camp.lines[0].head

@@ -124,6 +124,10 @@ class MutateProposer:
         self.max_changes = max_changes
         self._evidence: tuple = (None, {})
 
+    def for_device(self, kind: str) -> None:
+        """Leave alone the knobs of the other device (GPU_ on CPU, CPU_ on GPU)."""
+        self.skip_prefixes = ("GPU_",) if kind == "cpu" else ("CPU_",)
+
     def propose(self, ctx: ProposalContext, n: int) -> list[Proposal]:
         consts = [
             (name, node)
