@@ -279,3 +279,35 @@ def test_source_hash_ignores_comments_blank_lines_and_layout_but_not_code():
     assert source_hash(reformatted) == source_hash(TRAIN_PY)
     assert source_hash(TRAIN_PY.replace("DEPTH = 2", "DEPTH = 3")) != source_hash(TRAIN_PY)
     assert source_hash("x = (\n") != source_hash("y = (\n")  # unparsable text still hashes
+
+
+def test_the_in_process_patch_path_agrees_with_git_apply(monkeypatch):
+    """apply_patch applies make_patch's exact hunks in Python (the simulator applies thousands);
+    the result must be git apply's, and anything it does not handle exactly goes to git."""
+    import random
+
+    from cluster import patches
+
+    rng = random.Random(0)
+    base = [f"X{i} = {i}\n" for i in range(40)]
+    for _ in range(60):
+        new = list(base)
+        for _ in range(rng.randint(1, 4)):
+            j, op = rng.randrange(len(new)), rng.random()
+            if op < 0.4:
+                new[j] = f"Y = {rng.random()}\n"
+            elif op < 0.7:
+                new.insert(j, f"Z = {rng.random()}\n")
+            elif len(new) > 1:
+                del new[j]
+        old_text, new_text = "".join(base), "".join(new)
+        patch = patches.make_patch(old_text, new_text, "t.py")
+        assert patches._apply_exact(old_text, patch, "t.py") == new_text
+        with monkeypatch.context() as m:
+            m.setattr(patches, "_apply_exact", lambda *a: None)
+            assert patches.apply_patch(old_text, patch, "t.py") == new_text
+    # Context that no longer matches where the hunk says: not applied in Python.
+    shifted = "# a new first line\n" + "".join(base)
+    patch = patches.make_patch("".join(base), "".join(base).replace("X5 = 5", "X5 = 6"), "t.py")
+    assert patches._apply_exact(shifted, patch, "t.py") is None
+    assert "X5 = 6" in patches.apply_patch(shifted, patch, "t.py")  # git finds the offset
