@@ -99,6 +99,7 @@ class GraphStats:
     weight_bytes: int
     peak_bytes: int  # the shape pass's bound on one forward's memory
     work: float  # FLOPs of matmul-like ops plus elements written by the others, per forward
+    matmul_flops: float  # FLOPs of the matmul-like ops alone (attention included), per forward
     read_seconds: float  # files and JSON
     check_seconds: float  # structure, metadata, the shape pass and weights onto the device
 
@@ -320,7 +321,8 @@ def load_model(
         read += time.perf_counter() - t1
     finally:
         os.close(dir_fd)
-    peak, work = shape_pass(nodes, [(n, declared[n]) for n in order], declared, limits, device)
+    inputs = [(n, declared[n]) for n in order]
+    peak, work, matmul = shape_pass(nodes, inputs, declared, limits, device)
     weights = {k: w.to(device) for k, w in weights.items()}
     total = time.perf_counter() - t0
     stats = GraphStats(
@@ -329,6 +331,7 @@ def load_model(
         weight_bytes=weight_bytes,
         peak_bytes=peak,
         work=work,
+        matmul_flops=matmul,
         read_seconds=read,
         check_seconds=total - read,
     )

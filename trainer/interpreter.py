@@ -257,6 +257,16 @@ def run(nodes: list[Node], env: dict, device, observe=None) -> None:
             del env[name]
 
 
+def _is_matmul(name: str) -> bool:
+    """Ops whose cost _cost counts as multiply-adds: the FLOPs MFU is measured by."""
+    return (
+        name in _MATMUL_K
+        or name.startswith("conv")
+        or "scaled_dot_product" in name
+        or (name == "einsum")
+    )
+
+
 def _cost(node: Node, env: dict, out: torch.Tensor) -> float:
     """FLOPs of a matmul-like op (2 x outputs x contraction), else the elements it writes."""
     a = {k: _resolve(v, env, None) for k, v in node.named.items()}
@@ -289,12 +299,13 @@ def _scaled_bytes(t: torch.Tensor, nbytes: int) -> int:
 
 def shape_pass(
     nodes, inputs: list, declared: dict, limits: Limits, device: str
-) -> tuple[int, float]:
-    """Run the graph on fake tensors: real shapes, no memory. Returns (peak bytes, work)."""
+) -> tuple[int, float, float]:
+    """Run the graph on fake tensors: real shapes, no memory. Returns (peak bytes, work,
+    FLOPs of its matmul-like ops: 2 x outputs x contraction, attention included)."""
     holders: dict[int, int] = {}  # storage id -> live values on it
     sizes: dict[int, int] = {}
     owner: dict[str, int] = {}
-    live, peak, work = 0, 0, 0.0
+    live, peak, work, matmul = 0, 0, 0.0, 0.0
 
     def hold(name: str, t: torch.Tensor) -> None:
         nonlocal live
@@ -321,7 +332,7 @@ def shape_pass(
         hold(name, t)
 
     def observe(node: Node, results) -> None:
-        nonlocal peak, work
+        nonlocal peak, work, matmul
         if node.name in INDEX_ARGS:
             for idx, _, _ in _index_ranges(node, env):
                 if idx.dtype not in (torch.int64, torch.int32):
@@ -357,7 +368,9 @@ def shape_pass(
                 )
             hold(name, value)
         if values:
-            work += _cost(node, env, next(iter(values.values())))
+            cost = _cost(node, env, next(iter(values.values())))
+            work += cost
+            matmul += cost if _is_matmul(node.name) else 0.0
         peak = max(peak, live + transient)
         for name in node.free:
             release(name)
@@ -375,4 +388,4 @@ def shape_pass(
             raise
         except Exception as e:  # the graph's own shapes do not fit its ops
             reject(f"the exported graph fails on its own shapes: {type(e).__name__}: {e}"[:500])
-    return peak, work
+    return peak, work, matmul
