@@ -111,11 +111,13 @@ class TrialActor:
         cancelled = ray.get_runtime_context().is_canceled
         with tempfile.TemporaryDirectory(prefix=f"ar-{spec.trial_id}-") as tmp:
             wt, log = Path(tmp) / "wt", Path(tmp) / "trial.log"
+            t0 = time.monotonic()
             try:
                 self.clone.ensure(base_bundle)
                 if commits:
                     self.clone.fetch(commits, spec.commit_sha)
                 self.clone.add_worktree(spec.commit_sha, wt)
+                parents = self._parent_keys(spec)
             except Exception as e:  # a checkout problem is the infrastructure's, not the trial's
                 return TrialResult(
                     status="lost",
@@ -124,6 +126,7 @@ class TrialActor:
                     ended=time.time(),
                     node=socket.gethostname(),
                 ), ""
+            checkout_s = time.monotonic() - t0
             try:
                 if spec.protocol == "autoresearch":
                     result = run_autoresearch_protocol(
@@ -143,13 +146,34 @@ class TrialActor:
                         sandbox=self.sandbox,
                         hard_timeout=hard_timeout,
                         memory_limit_mb=self.memory_limit_mb,
+                        cache_parents=parents,
                     )
                     result = run_trial(wt / spec.target, cfg, log, cancelled=cancelled)
                 text = log.read_text(errors="replace") if log.exists() else ""
             finally:
+                t1 = time.monotonic()
                 self.clone.remove_worktree(wt)
+        # What the actor itself added around the referee (dispatch and return: the driver's).
+        result.extra["actor"] = {
+            "checkout_s": round(checkout_s, 3),
+            "cleanup_s": round(time.monotonic() - t1, 3),
+            "started": started,
+        }
         result.node = socket.gethostname()
         return result, text[-200_000:]
+
+    def _parent_keys(self, spec: TrialSpec) -> tuple[str, ...]:
+        """The compile-cache partition of the code this candidate was derived from: its
+        parent's train.py (trainer/compile_cache.py says why a trial may read no other)."""
+        from cluster.gitops import GitError, read_blob
+        from trainer.compile_cache import source_key
+
+        if not spec.parent_sha or spec.parent_sha == spec.commit_sha:
+            return ()
+        try:
+            return (source_key(read_blob(self.clone.path, spec.parent_sha, spec.target)),)
+        except GitError:
+            return ()
 
     def ping(self) -> int:
         return os.getpid()

@@ -104,6 +104,7 @@ class BudgetClock:
         self.returned_at: float | None = None  # when the trial said train() returned
         self.last_request_at: float | None = None
         self.last_grant_at: float | None = None
+        self.first_requests: list[float] = []  # the first 3 requests: the first step's time
 
     def deadline(self) -> float | None:
         """Under a time budget, when training must stop (known once the clock started)."""
@@ -158,6 +159,8 @@ class BudgetClock:
     def grant(self, rows: int, cols: int) -> Grant:
         now = time.monotonic()
         self.last_request_at = now
+        if len(self.first_requests) < 3:
+            self.first_requests.append(now)
         if self.ended_at is not None or self.returned_at is not None:
             return Grant(0)
         if self.first_batch_at is None:

@@ -85,7 +85,7 @@ def launcher(
     The trial sees the Python installation and `code_dir` read-only (on a GPU also /sys, the
     driver's /proc files and the GPU device nodes), `scratch` as its one writable place and its
     working directory, nothing else. Under namespaces it runs as an unprivileged uid, which
-    is given `owned` (directories in scratch it must write). The launcher reports a failure on
+    is given `owned` (directories in scratch it must write, and what they hold). The launcher reports a failure on
     `status_fd`; see read_status.
     """
     on_gpu = device.startswith("cuda")
@@ -104,8 +104,11 @@ def launcher(
         "status_fd": status_fd,
     }
     if uid != os.getuid():
-        for d in owned:
+        for d in owned:  # with what is in them (the compile cache's seeded copies)
             os.chown(d, uid, gid)
+            for parent, dirs, files in os.walk(d):
+                for name in dirs + files:
+                    os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
     return [sys.executable, "-S", "-m", "trainer.confine", json.dumps(spec), "--", *cmd]
 
 

@@ -19,7 +19,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainer.batches import HEADER
+STARTED = time.monotonic()  # the referee's clock too (CLOCK_MONOTONIC is system-wide)
+
+from trainer.batches import HEADER  # noqa: E402
 
 
 def _read_exact(fd: int, n: int) -> bytes:
@@ -116,6 +118,27 @@ def _import_train(path: Path):
     return module
 
 
+def _compile_stats() -> dict:
+    """What torch.compile cost this process and how often the compile caches hit (empty when
+    nothing was compiled)."""
+    if "torch._dynamo" not in sys.modules:
+        return {}
+    from torch._dynamo.utils import calculate_time_spent, counters
+
+    spent = calculate_time_spent()
+    if not spent.get("entire_frame_compile"):  # torch.export runs dynamo's tracer, no compile
+        return {}
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    return {
+        "compile_s": spent.get("entire_frame_compile", 0.0),
+        "inductor_s": spent.get("inductor_compile", 0.0),
+        "fxgraph_cache_hit": inductor.get("fxgraph_cache_hit", 0),
+        "fxgraph_cache_miss": inductor.get("fxgraph_cache_miss", 0),
+        "autograd_cache_hit": aot.get("autograd_cache_hit", 0),
+        "autograd_cache_miss": aot.get("autograd_cache_miss", 0),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--train-py", type=Path, required=True)
@@ -134,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
+    marks = {"started": STARTED, "imported": time.monotonic()}
     threads = os.environ.get("AUTORESEARCH_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
@@ -153,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         data_fd=args.data_fd,
     )
     module = _import_train(args.train_py)
+    marks["train_imported"] = time.monotonic()
     model = module.train(ctx)
+    marks["returned"] = time.monotonic()
     try:  # the referee times the end of training from this, not from anything written here
         os.write(args.req_fd, b"R\n")
     except OSError:
@@ -163,17 +189,18 @@ def main(argv: list[str] | None = None) -> None:
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    n_embed = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     example = torch.zeros(args.eval_batch, args.seq_len, dtype=torch.long, device=ctx.device)
     from trainer.graph import export_model
 
     export_model(model, example, args.out)
+    marks["exported"] = time.monotonic()
     stats = {
         "num_params": n_params,
-        "flops_per_token": 6 * (n_params - n_embed),
         "num_steps_reported": ctx.steps,
         "peak_vram_mb": torch.cuda.max_memory_allocated() / 2**20 if ctx.is_cuda else 0.0,
         "gpu_name": torch.cuda.get_device_name() if ctx.is_cuda else "",
+        "marks": marks,
+        "compile": _compile_stats(),
     }
     (args.out / "stats.json").write_text(json.dumps(stats))
 

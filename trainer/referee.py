@@ -16,7 +16,6 @@ confinement a node offers: trainer/confine_spec.py), watched against the referee
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -32,21 +31,13 @@ import numpy as np
 from trainer import confine_spec, guard, sandbox
 from trainer.batches import BatchServer
 from trainer.budget import Budget, BudgetClock
+from trainer.compile_cache import CompileCache, cache_env, source_key
 from trainer.confine_spec import ConfinementError, resolve_confinement
+from trainer.mfu import mfu, training_flops_per_token
+from trainer.phases import clock_stamps, phases, read_stats, step_times
 from trainer.prepare import evaluate_bpb, load_eval_data
 from trainer.results import TrialResult
 from trainer.sandbox import MAX_FILE_BYTES
-
-# Dense bf16 peak FLOP/s by GPU name fragment, for MFU.
-PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "B200": 2250e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "L4": 121e12,
-}
 
 
 @dataclass
@@ -67,6 +58,11 @@ class TrialConfig:
     export_allowance: float | None = None  # seconds from train() returning to the process exit
     memory_limit_mb: float | None = None  # resident memory of the whole trial; killed above
     max_file_bytes: int = MAX_FILE_BYTES  # no file the trial writes may be larger
+    # The node's compile cache (trainer/compile_cache.py): the trial reads copies of the
+    # partitions of its own source and of `cache_parents` (source keys of the code it was
+    # derived from); a trial that passed publishes into its own source's partition.
+    compile_cache: bool = True
+    cache_parents: tuple[str, ...] = ()
 
 
 def resolve_device(device: str) -> str:
@@ -119,17 +115,6 @@ def plan(cfg: TrialConfig, device: str) -> _Plan:
     )
 
 
-def _mfu(stats: dict, clock: BudgetClock) -> float | None:
-    """Model FLOPs utilization in percent of the GPU's dense bf16 peak, from the FLOPs per
-    token the trial says its model takes (shown, never judged)."""
-    peak = next((v for k, v in PEAK_FLOPS.items() if k in stats.get("gpu_name", "")), None)
-    seconds = clock.training_seconds()
-    if not peak or seconds <= 0:
-        return None
-    mfu = 100.0 * stats.get("flops_per_token", 0.0) * clock.tokens / seconds / peak
-    return round(mfu, 2) if mfu else None
-
-
 @dataclass
 class _Running:
     """A launched trial: the harness, the server of its batches, the processes that were
@@ -147,7 +132,13 @@ class _Running:
 
 
 def _launch(
-    p: _Plan, cfg: TrialConfig, train_py: Path, scratch: Path, manifest: dict, log_path: Path
+    p: _Plan,
+    cfg: TrialConfig,
+    train_py: Path,
+    scratch: Path,
+    manifest: dict,
+    log_path: Path,
+    compile_env: dict[str, str],
 ) -> _Running:
     """Start the harness on a copy of `train_py`, confined, and the server of its batches."""
     code_dir = Path(__file__).resolve().parent  # not trainer.__file__: a repo may shadow it
@@ -179,10 +170,12 @@ def _launch(
             device=p.device,
             code_dir=code_dir,
             scratch=scratch,
-            owned=(scratch, out),
+            owned=(scratch, out, Path(compile_env["TORCHINDUCTOR_CACHE_DIR"])),
             status_fd=status_w,
         )
-    env = sandbox.trial_env(scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent)})
+    env = sandbox.trial_env(
+        scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent), **compile_env}
+    )
     sandbox.become_subreaper()
     spare = set(sandbox.descendants(os.getpid()))
     with open(log_path, "w") as logf:
@@ -273,7 +266,9 @@ def _verdict(p: _Plan, trial: _Running, reason: str, log_path: Path) -> tuple[st
     return "", ""
 
 
-def _score(p: _Plan, out: Path, manifest: dict, val, token_bytes) -> tuple[float, dict]:
+def _score(
+    p: _Plan, out: Path, manifest: dict, val, token_bytes, stamps: dict
+) -> tuple[float, dict]:
     """Load the exported graph as data, check it, score it. Raises GraphRejected."""
     from trainer.graph import check_model, load_model
 
@@ -298,10 +293,16 @@ def _score(p: _Plan, out: Path, manifest: dict, val, token_bytes) -> tuple[float
         device=p.device,
     )
     t3 = time.monotonic()
+    stamps.update(loaded=t1, probed=t2, scored=t3)
     return bpb, {
         "load_s": round(t1 - t0, 3),
         "probe_s": round(t2 - t1, 3),
         "eval_s": round(t3 - t2, 3),
+        # where the checks and scoring ran: the device the checked weights live on
+        "eval_device": str(next(iter(forward.weights.values())).device),
+        "flops_per_token": training_flops_per_token(
+            forward.stats.matmul_flops, p.eval_batch * manifest["seq_len"]
+        ),
     }
 
 
@@ -328,7 +329,8 @@ def run_trial(
             **kw,
         )
 
-    problems = guard.referee_violations(Path(train_py).read_text())
+    source = Path(train_py).read_text()
+    problems = guard.referee_violations(source)
     if problems:
         log_path.write_text("rejected by the referee guard:\n" + "\n".join(problems) + "\n")
         return result("invalid", "reaches into the referee: " + "; ".join(problems))
@@ -340,56 +342,63 @@ def run_trial(
     confinement, clock = p.confinement, p.clock
 
     # Everything the score depends on is loaded before any candidate code runs.
-    import torch  # noqa: F401
+    import torch
 
     from trainer import graph  # noqa: F401
 
     val, token_bytes, manifest = load_eval_data(cfg.data)
+    # The GPU's name as the referee sees it, not as the trial reports it.
+    gpu_name = torch.cuda.get_device_name() if p.device.startswith("cuda") else ""
+    key, node_cache = source_key(source), CompileCache.for_node() if cfg.compile_cache else None
+    stamps: dict = {"begin": t_start}
+    extra: dict = {}
     with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch:
-        out = Path(scratch) / "out"
-        trial = _launch(p, cfg, Path(train_py), Path(scratch), manifest, log_path)
+        out, compiled = Path(scratch) / "out", Path(scratch) / "compile"
+        if node_cache:
+            compile_env = node_cache.seed(compiled, [*cfg.cache_parents, key])
+        else:
+            compiled.mkdir()
+            compile_env = cache_env(compiled)
+        stamps["launched"] = time.monotonic()
+        trial = _launch(p, cfg, Path(train_py), Path(scratch), manifest, log_path, compile_env)
         reason = "" if trial.failed else _watch(p, cfg, trial.proc, t_start, cancelled)
+        stamps["exited"] = time.monotonic()
         trial.stop(clock)
-        stats = _stats(out / "stats.json")
+        stamps["stopped"] = time.monotonic()
+        stats = read_stats(out / "stats.json")
         status, error = _verdict(p, trial, reason, log_path)
         if not status:
             try:
-                bpb, timings = _score(p, out, manifest, val, token_bytes)
+                bpb, timings = _score(p, out, manifest, val, token_bytes, stamps)
+                extra.update(timings)
             except Exception as e:  # the graph is the candidate's: any failure is its failure
                 msg = f"{e}" if type(e).__name__ == "GraphRejected" else f"{type(e).__name__}: {e}"
                 status, error = "invalid", f"evaluation of the exported model failed: {msg}"
+        if node_cache and not status:  # only a trial that passed adds to the node's cache
+            extra["compile_cache_published"] = node_cache.publish(compiled, key)
     measured = dict(
         training_seconds=round(clock.training_seconds(), 2),
         num_steps=clock.steps,
         total_tokens_M=round(clock.tokens / 1e6, 6),
         num_params_M=round(stats["num_params"] / 1e6, 4) if "num_params" in stats else None,
         peak_vram_mb=round(stats.get("peak_vram_mb", 0.0), 1) if stats else None,
-        gpu_name=stats.get("gpu_name", ""),
+        gpu_name=gpu_name,
     )
-    extra = {"warmup_tokens": clock.warmup_tokens, "overrun_s": round(clock.overrun(), 2)}
+    extra.update(
+        warmup_tokens=clock.warmup_tokens,
+        overrun_s=round(clock.overrun(), 2),
+        compile=stats.get("compile", {}),
+        **step_times(clock),
+    )
+    stamps.update(stats.get("marks", {}), **clock_stamps(clock), ended=time.monotonic())
+    extra["phases"] = phases(stamps)
     if status:
         return result(status, error, **measured, extra=extra)
+    flops = extra["flops_per_token"]
     return result(
-        "ok", val_bpb=round(bpb, 6), mfu=_mfu(stats, clock), **measured, extra={**extra, **timings}
+        "ok",
+        val_bpb=round(bpb, 6),
+        mfu=mfu(flops, clock.tokens, clock.training_seconds(), gpu_name),
+        **measured,
+        extra=extra,
     )
-
-
-def _stats(path: Path) -> dict:
-    """What the trial says about itself (parameters, FLOPs, VRAM, GPU name): shown, never
-    used to judge it; anything malformed is dropped."""
-    try:
-        if path.stat().st_size > 1 << 16:
-            return {}
-        raw = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(raw, dict):
-        return {}
-    out = {
-        k: float(raw[k])
-        for k in ("num_params", "flops_per_token", "peak_vram_mb")
-        if isinstance(raw.get(k), int | float) and 0 <= raw[k] < 1e18
-    }
-    if isinstance(raw.get("gpu_name"), str):
-        out["gpu_name"] = raw["gpu_name"][:100]
-    return out
