@@ -147,6 +147,7 @@ class TrialActor:
                         hard_timeout=hard_timeout,
                         memory_limit_mb=self.memory_limit_mb,
                         cache_parents=parents,
+                        prestart=True,  # the next trial's process starts during scoring
                     )
                     result = run_trial(wt / spec.target, cfg, log, cancelled=cancelled)
                 text = log.read_text(errors="replace") if log.exists() else ""

@@ -165,3 +165,30 @@ def test_a_failed_trial_publishes_nothing(tmp_path, data):
     assert r.status == "crash"
     assert not CompileCache.for_node().partition(source_key(source)).exists()
     assert Path(tmp_path / "trial.log").exists()
+
+
+def test_the_next_trial_runs_in_a_process_started_while_this_one_was_scored(tmp_path, data):
+    from trainer import launch
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = trial(tmp_path / "a", data, tiny_train_source(), prestart=True)
+    assert first.status == "ok" and not first.extra["prestarted"], first.error
+    spare = launch._spare
+    assert spare is not None and spare.proc.poll() is None
+    second = trial(tmp_path / "b", data, tiny_train_source(LEARNING_RATE=0.003))
+    assert second.status == "ok" and second.extra["prestarted"], second.error
+    assert spare.proc.poll() is not None and not spare.scratch.exists()
+    assert second.extra["phases"]["start"] is None  # started before the trial did
+    assert "step " in (tmp_path / "b" / "trial.log").read_text()  # its output is its log's
+
+
+def test_a_spare_started_for_other_settings_is_discarded(tmp_path, data):
+    from trainer import launch
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first = trial(tmp_path / "a", data, tiny_train_source(), prestart=True)
+    spare = launch._spare
+    second = trial(tmp_path / "b", data, tiny_train_source(), eval_batch=8)
+    assert first.status == second.status == "ok" and not second.extra["prestarted"]
+    spare.proc.wait(timeout=10)
+    assert launch._spare is None and not spare.scratch.exists()

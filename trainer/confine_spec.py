@@ -103,13 +103,21 @@ def launcher(
         "cwd": str(scratch),
         "status_fd": status_fd,
     }
-    if uid != os.getuid():
-        for d in owned:  # with what is in them (the compile cache's seeded copies)
-            os.chown(d, uid, gid)
-            for parent, dirs, files in os.walk(d):
-                for name in dirs + files:
-                    os.chown(os.path.join(parent, name), uid, gid, follow_symlinks=False)
+    give_to_trial(mode, owned)
     return [sys.executable, "-S", "-m", "trainer.confine", json.dumps(spec), "--", *cmd]
+
+
+def give_to_trial(mode: str, paths: Sequence[Path]) -> None:
+    """Under namespaces as root, make `paths` and all they hold the trial's uid's, so it can
+    write them (its scratch, the seeded copies of the compile cache)."""
+    uid = confine.trial_uid() if mode == "namespaces" else os.getuid()
+    if uid == os.getuid():
+        return
+    for d in paths:
+        os.chown(d, uid, uid)
+        for parent, dirs, files in os.walk(d):
+            for name in dirs + files:
+                os.chown(os.path.join(parent, name), uid, uid, follow_symlinks=False)
 
 
 def read_status(fd: int, timeout: float = 60.0) -> str:

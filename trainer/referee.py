@@ -17,10 +17,7 @@ confinement a node offers: trainer/confine_spec.py), watched against the referee
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer import confine_spec, guard, sandbox
+from trainer import guard, launch, sandbox
 from trainer.batches import BatchServer
 from trainer.budget import Budget, BudgetClock
-from trainer.compile_cache import CompileCache, cache_env, source_key
+from trainer.compile_cache import CompileCache, source_key
 from trainer.confine_spec import ConfinementError, resolve_confinement
 from trainer.mfu import mfu, training_flops_per_token
 from trainer.phases import clock_stamps, phases, read_stats, step_times
@@ -63,6 +60,7 @@ class TrialConfig:
     # derived from); a trial that passed publishes into its own source's partition.
     compile_cache: bool = True
     cache_parents: tuple[str, ...] = ()
+    prestart: bool = False  # start the next trial's process while this one is scored
 
 
 def resolve_device(device: str) -> str:
@@ -131,82 +129,23 @@ class _Running:
         self.server.join(timeout=5)
 
 
-def _launch(
-    p: _Plan,
-    cfg: TrialConfig,
-    train_py: Path,
-    scratch: Path,
-    manifest: dict,
-    log_path: Path,
-    compile_env: dict[str, str],
-) -> _Running:
-    """Start the harness on a copy of `train_py`, confined, and the server of its batches."""
-    code_dir = Path(__file__).resolve().parent  # not trainer.__file__: a repo may shadow it
-    out = scratch / "out"
-    out.mkdir()
-    shutil.copyfile(train_py, scratch / "train.py")
-    train = np.memmap(Path(cfg.data) / "train.bin", dtype=np.uint16, mode="r")
-    req_r, req_w = os.pipe()
-    data_r, data_w = os.pipe()
-    status_r, status_w = os.pipe() if p.confinement != "none" else (None, None)
-    cmd = [sys.executable, "-m", "trainer.harness", "--train-py", str(scratch / "train.py")]
-    for flag, value in (
-        ("--out", out),
-        ("--device", p.device),
-        ("--vocab-size", manifest["vocab_size"]),
-        ("--seq-len", manifest["seq_len"]),
-        ("--bos-id", manifest["bos_id"]),
-        ("--seed", cfg.seed),
-        ("--budget", cfg.budget),
-        ("--eval-batch", p.eval_batch),
-        ("--req-fd", req_w),
-        ("--data-fd", data_r),
-    ):
-        cmd += [flag, str(value)]
-    if status_w is not None:
-        cmd = confine_spec.launcher(
-            cmd,
-            mode=p.confinement,
-            device=p.device,
-            code_dir=code_dir,
-            scratch=scratch,
-            owned=(scratch, out, Path(compile_env["TORCHINDUCTOR_CACHE_DIR"])),
-            status_fd=status_w,
-        )
-    env = sandbox.trial_env(
-        scratch, cfg.threads, {"PYTHONPATH": str(code_dir.parent), **compile_env}
+def _start(p: _Plan, cfg: TrialConfig, h: launch.Harness, train_py: Path, log_path: Path):
+    """Hand the waiting harness its candidate, and start the server of its batches."""
+    header = (
+        f"# trial {train_py} budget={cfg.budget} seed={cfg.seed} device={p.device} "
+        f"confinement={p.confinement}\n"
     )
-    sandbox.become_subreaper()
-    spare = set(sandbox.descendants(os.getpid()))
-    with open(log_path, "w") as logf:
-        logf.write(
-            f"# trial {train_py} budget={cfg.budget} seed={cfg.seed} device={p.device} "
-            f"confinement={p.confinement}\n"
-        )
-        logf.flush()
-        proc = subprocess.Popen(
-            cmd,
-            cwd=scratch,
-            env=env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            pass_fds=tuple(fd for fd in (req_w, data_r, status_w) if fd is not None),
-            start_new_session=True,
-            preexec_fn=sandbox.child_limits(cfg.max_file_bytes),
-        )
-    os.close(req_w)
-    os.close(data_r)
-    failed = ""
-    if status_w is not None:
-        os.close(status_w)
-        failed = confine_spec.read_status(status_r)
+    # Processes that were ours before this trial, not to be killed with it: not the harness.
+    spare = set(sandbox.descendants(os.getpid())) - {h.proc.pid, *sandbox.descendants(h.proc.pid)}
+    failed = h.go(train_py, cfg.seed, str(cfg.budget), log_path, header)
+    train = np.memmap(Path(cfg.data) / "train.bin", dtype=np.uint16, mode="r")
     data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
     server = BatchServer(
-        train, p.clock, data_seed, manifest["seq_len"], manifest["vocab_size"], req_r, data_w
+        train, p.clock, data_seed, h.key.seq_len, h.key.vocab_size, h.req_r, h.data_w
     )
+    h.req_r = h.data_w = None  # the server's now
     server.start()
-    return _Running(proc, server, spare, failed)
+    return _Running(h.proc, server, spare, failed)
 
 
 def _watch(p: _Plan, cfg: TrialConfig, proc: subprocess.Popen, t_start: float, cancelled) -> str:
@@ -349,22 +288,37 @@ def run_trial(
     val, token_bytes, manifest = load_eval_data(cfg.data)
     # The GPU's name as the referee sees it, not as the trial reports it.
     gpu_name = torch.cuda.get_device_name() if p.device.startswith("cuda") else ""
-    key, node_cache = source_key(source), CompileCache.for_node() if cfg.compile_cache else None
+    src_key, node_cache = source_key(source), CompileCache.for_node() if cfg.compile_cache else None
     stamps: dict = {"begin": t_start}
     extra: dict = {}
-    with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch:
-        out, compiled = Path(scratch) / "out", Path(scratch) / "compile"
+    key = launch.LaunchKey(
+        p.device,
+        p.confinement,
+        manifest["vocab_size"],
+        manifest["seq_len"],
+        manifest["bos_id"],
+        p.eval_batch,
+        cfg.threads,
+        cfg.max_file_bytes,
+    )
+    harness = launch.adopt(key)
+    extra["prestarted"] = harness is not None
+    harness = harness or launch.spawn(key)
+    try:
+        out, compiled = harness.scratch / "out", harness.compile_dir
         if node_cache:
-            compile_env = node_cache.seed(compiled, [*cfg.cache_parents, key])
-        else:
-            compiled.mkdir()
-            compile_env = cache_env(compiled)
+            node_cache.seed(compiled, [*cfg.cache_parents, src_key])
         stamps["launched"] = time.monotonic()
-        trial = _launch(p, cfg, Path(train_py), Path(scratch), manifest, log_path, compile_env)
+        trial = _start(p, cfg, harness, Path(train_py), log_path)
         reason = "" if trial.failed else _watch(p, cfg, trial.proc, t_start, cancelled)
         stamps["exited"] = time.monotonic()
         trial.stop(clock)
         stamps["stopped"] = time.monotonic()
+        if cfg.prestart:  # the next trial's process starts while this one is scored
+            launch.prestart(key)
+        if early := harness.early_output():
+            with open(log_path, "a") as f:
+                f.write("# before the trial started:\n" + early)
         stats = read_stats(out / "stats.json")
         status, error = _verdict(p, trial, reason, log_path)
         if not status:
@@ -375,7 +329,9 @@ def run_trial(
                 msg = f"{e}" if type(e).__name__ == "GraphRejected" else f"{type(e).__name__}: {e}"
                 status, error = "invalid", f"evaluation of the exported model failed: {msg}"
         if node_cache and not status:  # only a trial that passed adds to the node's cache
-            extra["compile_cache_published"] = node_cache.publish(compiled, key)
+            extra["compile_cache_published"] = node_cache.publish(compiled, src_key)
+    finally:
+        harness.close()
     measured = dict(
         training_seconds=round(clock.training_seconds(), 2),
         num_steps=clock.steps,
