@@ -72,13 +72,18 @@ def summary(result) -> str:
 
 
 def run_referee(budget: str, device: str, threads: int | None, trials: int, train_py: Path):
-    """`trials` trials of train_py in this process; all their results."""
+    """`trials` trials of train_py in this process, each starting the next one's process
+    while it is scored, as a TrialActor does; all their results."""
     from trainer.budget import Budget
     from trainer.prepare import prepare
     from trainer.referee import TrialConfig, run_trial
 
     cfg = TrialConfig(
-        data=prepare("builtin"), budget=Budget.parse(budget), device=device, threads=threads
+        data=prepare("builtin"),
+        budget=Budget.parse(budget),
+        device=device,
+        threads=threads,
+        prestart=True,
     )
     out = []
     with tempfile.TemporaryDirectory() as tmp:
