@@ -68,6 +68,7 @@ def summary(result) -> str:
         f"tokens/s {tps:,.0f} mfu {result.mfu} peak_vram_mb {result.peak_vram_mb} "
         f"gpu {result.gpu_name or '-'} scored on {result.extra.get('eval_device')} "
         f"confinement {result.confinement}"
+        + (" prestarted" if result.extra.get("prestarted") else "")
     )
 
 
@@ -139,6 +140,7 @@ def run_actor(budget: str, device: str, threads: int | None, n: int) -> list[dic
                 row = {
                     "trial": spec.trial_id,
                     "status": result.status,
+                    "prestarted": bool(result.extra.get("prestarted")),
                     "dispatch_s": a.get("started", sent) - sent,
                     "checkout_s": a.get("checkout_s"),
                     "referee_s": result.total_seconds,
@@ -164,10 +166,12 @@ def actor_table(rows: list[dict], budget: str) -> str:
     lines = [f"{'trial':<7}{'status':<8}" + "".join(f"{k:>11}" for k in keys)]
     for r in rows:
         cells = "".join(f"{r[k]:11.2f}" if r[k] is not None else f"{'-':>11}" for k in keys)
-        lines.append(f"{r['trial']:<7}{r['status']:<8}" + cells)
+        status = r["status"] + ("*" if r["prestarted"] else "")
+        lines.append(f"{r['trial']:<7}{status:<8}" + cells)
     walls = [r["wall_s"] for r in rows]
     train = sum(r["training_s"] or 0 for r in rows)
     gaps = [r["gap_s"] for r in rows if r["gap_s"] is not None]
+    lines.append("(* ran in a process started while the trial before it was scored)")
     lines.append(
         f"{len(rows)} trials at {budget}: {3600 * len(rows) / sum(walls):.1f} experiments per "
         f"hour per worker; training/wall {train / sum(walls):.3f}; gap between one trial's "
