@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -95,8 +96,9 @@ def run_referee(budget: str, device: str, threads: int | None, trials: int, trai
     return out
 
 
-def run_actor(budget: str, device: str, threads: int | None, n: int) -> list[dict]:
-    """n trials in a row through a real TrialActor on a local Ray; per-trial timings."""
+def run_actor(budget: str, device: str, threads: int | None, n: int, train_py: Path) -> list[dict]:
+    """n trials of train_py in a row through a real TrialActor on a local Ray (from a repo
+    holding only trainer/train.py, so no checkout is needed); per-trial timings."""
     import ray
 
     from actors.trial_actor import actor_class
@@ -104,8 +106,14 @@ def run_actor(budget: str, device: str, threads: int | None, n: int) -> list[dic
     from cluster.ledger import Ledger
     from cluster.records import TrialSpec, asdict
 
-    sha = git(ROOT, "rev-parse", "HEAD")
-    base = bundle(ROOT, sha, None)
+    repo = Path(tempfile.mkdtemp(prefix="ar-fixedcost-repo-"))
+    (repo / "trainer").mkdir()
+    (repo / "trainer" / "train.py").write_text(train_py.read_text())
+    git(repo, "init", "-q")
+    git(repo, "add", "trainer/train.py")
+    git(repo, "commit", "-qm", "incumbent")
+    sha = git(repo, "rev-parse", "HEAD")
+    base = bundle(repo, sha, None)
     gpus = 1 if device.startswith("cuda") else 0
     ray.init(
         address="local",
@@ -118,8 +126,11 @@ def run_actor(budget: str, device: str, threads: int | None, n: int) -> list[dic
     try:
         with tempfile.TemporaryDirectory() as tmp:
             cls = actor_class(gpus, threads or 1, None)
+            # untrusted=False: this project's own train.py, which a node that cannot confine
+            # trials still runs (as it runs the mutate proposer's edits)
+            clones = str(Path(tmp) / "c")
             actor = cls.remote(
-                "fixedcost", sha, "builtin", None, device, threads, "auto", str(Path(tmp) / "c")
+                "fixedcost", sha, "builtin", None, device, threads, "auto", clones, False
             )
             t = time.time()
             ray.get(actor.describe.remote(base))
@@ -157,6 +168,7 @@ def run_actor(budget: str, device: str, threads: int | None, n: int) -> list[dic
                 rows.append(row)
     finally:
         ray.shutdown()
+        shutil.rmtree(repo, ignore_errors=True)
     return rows
 
 
@@ -204,7 +216,9 @@ def main() -> None:
         print(f"\n-- referee trial {i + 1} of {len(results)}: {summary(r)}")
         print(phase_table(r))
     actor_budget = args.actor_budget or budget
-    rows = run_actor(actor_budget, args.device, threads, args.actor) if args.actor else []
+    rows = []
+    if args.actor:
+        rows = run_actor(actor_budget, args.device, threads, args.actor, args.train_py)
     if rows:
         print("\n-- through a TrialActor on a local Ray")
         print(actor_table(rows, actor_budget))
