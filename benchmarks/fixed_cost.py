@@ -142,7 +142,8 @@ def run_actor(budget: str, device: str, threads: int | None, n: int, train_py: P
                 sent = time.time()
                 result, _ = ray.get(actor.run.remote(spec, b"", base))
                 got = time.time()
-                ledger.append({**asdict(result), "trial_id": spec.trial_id})
+                status = "keep" if result.status == "ok" else result.status  # a ledger status
+                ledger.append({**asdict(result), "trial_id": spec.trial_id, "status": status})
                 recorded = time.time()
                 a = result.extra.get("actor", {})
                 ph = result.extra.get("phases", {})
