@@ -9,9 +9,12 @@ exported graph; this process, which loaded the validation split and the evaluato
 candidate code ran, loads that graph as data (trainer/graph.py: an op allowlist, no
 unpickling), probes it for causality and batch independence and scores it.
 
-A trial is planned (`plan`), launched confined (`_launch`; the launcher's command and the
-confinement a node offers: trainer/confine_spec.py), watched against the referee's own clock
-(`_watch`, on trainer/sandbox.py's `watch`), judged (`_verdict`), then scored (`_score`).
+A trial is planned (`plan`), started confined (`_start`, in a harness process that
+trainer/launch.py spawned, maybe while the trial before was scored; the launcher's command
+and the confinement a node offers: trainer/confine_spec.py), watched against the referee's
+own clock (`_watch`, on trainer/sandbox.py's `watch`), judged (`_verdict`), then scored
+(`_score`). Its phases (trainer/phases.py) and the node's compile cache
+(trainer/compile_cache.py) are recorded in result.extra.
 """
 
 from __future__ import annotations
