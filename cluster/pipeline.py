@@ -114,7 +114,7 @@ class ProposalPipeline:
             for _ in range(INLINE_ATTEMPTS):
                 if len(self.ready[line]) >= n:
                     break
-                if not self._fill(line, max(n, self.share()) - len(self.ready[line])):
+                if not self._fill(line, max(n, self.share()) - len(self.ready[line]))[0]:
                     break
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -155,8 +155,8 @@ class ProposalPipeline:
                 return p
         return self.proposers[-1][0]
 
-    def _fill(self, line: int, want: int) -> bool:
-        """One proposer call for `line`; True if it returned anything."""
+    def _fill(self, line: int, want: int) -> tuple[bool, int]:
+        """One proposer call for `line`: (it returned anything, proposals queued)."""
         with self.cond:
             base = self.ctx[line]
             ctx = replace(base, history=list(base.history), in_flight=list(self.in_flight_text))
@@ -169,15 +169,18 @@ class ProposalPipeline:
             self.last_error = f"{proposer.name}: {type(e).__name__}: {e}"
             got = []
         with self.cond:
+            before = len(self.ready[line])
             for p in got:
                 self._accept(line, p, ctx)
+            queued = len(self.ready[line]) - before
             if got:
                 self._changed()
-                self.empty_since = None
                 self.cond.notify_all()
-            else:
+            if queued:
+                self.empty_since = None
+            else:  # nothing, or nothing usable: the next call waits longer (see _loop)
                 self.empty_since = self.empty_since or time.monotonic()
-        return bool(got)
+        return bool(got), queued
 
     def _accept(self, line: int, p: Proposal, written: ProposalContext) -> None:
         """Queue a proposal written in context `written` for the line (its incumbent now)."""
@@ -219,7 +222,8 @@ class ProposalPipeline:
                     return
                 line = self._hungry()
                 want = self.share() - len(self.ready[line])
-            if self._fill(line, want):
+            if self._fill(line, want)[1]:
                 continue
-            # Nothing came back (empty queue folder, exhausted budget, provider down): back off.
+            # Nothing usable came back (empty queue folder, exhausted budget, provider down, a
+            # model answering garbage or repeating itself): back off, 0.5 s growing to 5 s.
             time.sleep(min(5.0, 0.5 + 0.1 * (time.monotonic() - (self.empty_since or 0))))
