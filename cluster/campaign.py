@@ -98,7 +98,7 @@ class Campaign:
 
     @property
     def incumbent(self) -> str:
-        """The campaign branch's commit (population: it follows the best island)."""
+        """The campaign branch's commit (with several lines, the strategy points it at one)."""
         sha = self.git.rev_parse(self.main_branch)
         assert sha, "campaign branch vanished"
         return sha
@@ -359,7 +359,7 @@ class Campaign:
         )
 
     def reset(self, line: Line, source: Line, why: str, now: float) -> None:
-        """Population's exploit step: a trailing line copies another's incumbent (logged)."""
+        """A line copies another line's incumbent (an exploit step), logged for resume."""
         old, new = line.head, source.head
         self._move(line, new, old, merged=False)
         self.say(
@@ -384,7 +384,7 @@ class Campaign:
                 )
 
     def follow(self, sha: str, why: str) -> None:
-        """Point the campaign branch at a line's incumbent (population: the best island)."""
+        """Point the campaign branch at a line's incumbent (the best of several lines)."""
         have = self.incumbent
         if have != sha:
             self.git.set_ref(f"refs/heads/{self.main_branch}", sha, have)

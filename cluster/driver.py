@@ -199,11 +199,14 @@ def summarize(camp: Campaign, busy: float = 0.0) -> None:
         if r["kind"] == "baseline" and r["commit_sha"] == camp.base_sha and r["val_bpb"] is not None
     ]
     inc = camp.runs_of(camp.incumbent)
+    rejected = sum(1 for r in rows if r["status"] == "invalid" and not r["commit_sha"])
     camp.say(
-        f"done: {len(rows)} trials, {len(merged)} merged; baseline "
+        f"done: {len(rows) - rejected} trials"
+        f"{f' (and {rejected} rejected proposals)' if rejected else ''}, {len(merged)} merged; "
+        "baseline "
         f"{statistics.fmean(base) if base else float('nan'):.4f} -> incumbent "
         f"{statistics.fmean(inc) if inc else float('nan'):.4f} at {camp.incumbent[:10]}; "
         f"noise {camp.noise() or float('nan'):.4f}; busy {busy:.0%}; "
         f"best single run {min((r['val_bpb'] for r in ok), default=float('nan')):.4f}. "
-        f"Ledger: {camp.run_dir / 'trials.jsonl'}"
+        f"Ledger: {camp.files.ledger}"
     )
