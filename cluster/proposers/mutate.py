@@ -136,7 +136,7 @@ class MutateProposer:
         ]
         if not consts:
             return []
-        key = (len(ctx.history), ctx.noise, ctx.history[-1]["trial_id"] if ctx.history else "")
+        key = (len(ctx.history), ctx.noise, ctx.history[-1].get("trial_id") if ctx.history else "")
         if self._evidence[0] != key:  # ledgers only grow: the same length is the same history
             self._evidence = (key, evidence(ctx.history, ctx.noise))
         ev = self._evidence[1]
