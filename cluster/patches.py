@@ -9,6 +9,7 @@ anything else (offsets, whitespace, a missing final newline) goes to git.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import subprocess
 import tempfile
@@ -19,8 +20,10 @@ class PatchError(ValueError):
     """The patch does not apply to the text it claims to change."""
 
 
+@functools.lru_cache(maxsize=1024)
 def make_patch(old: str, new: str, path: str) -> str:
-    """A `git apply`-able unified diff turning `old` into `new` at repo path `path`."""
+    """A `git apply`-able unified diff turning `old` into `new` at repo path `path`.
+    Memoized: a random proposer rewrites the same few changes over and over."""
     if old == new:
         return ""
     lines = difflib.unified_diff(

@@ -11,6 +11,7 @@ raises. `source_hash` is the normalized-text hash used for the duplicate check.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import io
 import tokenize
@@ -20,12 +21,14 @@ from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal
 
 
+@functools.lru_cache(maxsize=4096)
 def source_hash(source: str) -> str:
     """Hash of a Python source that ignores comments, blank lines and formatting.
 
     Parsable code is normalized by `ast.unparse`, so `LR = 1e-3  # faster` and `LR=0.001`
     hash the same; anything else falls back to tokenize (comments dropped, then blank lines
-    and trailing whitespace) or, failing that, to its non-blank stripped lines.
+    and trailing whitespace) or, failing that, to its non-blank stripped lines. Memoized: a
+    proposer repeating itself, and every check against the same incumbent, parse nothing.
     """
     try:
         normal = ast.unparse(ast.parse(source))
