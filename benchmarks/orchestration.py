@@ -93,7 +93,7 @@ def main() -> None:
                 include_dashboard=False,
                 log_to_driver=False,
             )
-        cfg = CampaignConfig(
+        cfg = CampaignConfig.build(
             tag="bench",
             repo=repo,
             target="train.py",

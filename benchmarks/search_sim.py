@@ -130,7 +130,7 @@ class Sim:
         self.strategy, self.n, self.obj, self.sigma = strategy, workers, obj, noise
         self.horizon, self.seed, self.jitter, self.budget_s = horizon, seed, jitter, budget_s
         k = min(islands, max(2, workers)) if strategy == "population" else 1
-        self.cfg = CampaignConfig(
+        self.cfg = CampaignConfig.build(
             tag="sim",
             target=TARGET_FILE,
             strategy=strategy,

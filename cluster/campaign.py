@@ -27,7 +27,6 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     MAX_REQUEUES,
     CampaignConfig,
     CampaignError,
-    config_from_dict,
     locked_diffs,
 )
 from cluster.gate import Gate
@@ -64,8 +63,8 @@ class Campaign:
         self.cfg = cfg
         self.git = repo or GitRepo(cfg.repo)
         self.repo = self.git.path  # the checkout, or None in memory
-        if self.repo is not None and not (self.repo / cfg.target).exists():
-            raise CampaignError(f"{cfg.target} not found in {self.repo}; pass --target")
+        if self.repo is not None and not (self.repo / cfg.trial.target).exists():
+            raise CampaignError(f"{cfg.trial.target} not found in {self.repo}; pass --target")
         self.files = None
         if ledger is None:
             self.files = RunDir((cfg.runs_dir or self.repo / "runs") / cfg.tag)
@@ -73,21 +72,21 @@ class Campaign:
         self.run_dir = self.files.path if self.files else None
         self.ledger = ledger or Ledger(self.run_dir)
         self.main_branch = f"autoresearch/{cfg.tag}"
-        self.gate = Gate(cfg.noise_multiple, cfg.confirm_multiple)
+        self.gate = Gate(cfg.search.noise_multiple, cfg.search.confirm_multiple)
         self.rows: list[dict] = self.ledger.rows()
         self.inflight: dict[str, dict] = {}
         self.lines: list[Line] = []
         self.requeue: list[tuple[TrialSpec, dict | None]] = []
         self.moves: list[dict] = []  # line resets made by this driver
         self.round = 0
-        self.budget = cfg.budget or ""
+        self.budget = cfg.trial.budget or ""
         self.base_sha = ""
         self.t0 = time.monotonic()
         self._say = say
         self._sources: dict[str, str] = {}
         self._runs: tuple[int, dict[str, list[float]]] = (-1, {})
         self._noise: tuple[int, tuple[float | None, int]] = (-1, (None, 0))
-        path = cfg.program or (self.repo / "program.md" if self.repo else None)
+        path = cfg.llm.program or (self.repo / "program.md" if self.repo else None)
         self.program = Path(path).read_text() if path and Path(path).exists() else ""
 
     # ------------------------------------------------------------------ reading
@@ -105,7 +104,7 @@ class Campaign:
 
     def source(self, sha: str) -> str:
         if sha not in self._sources:
-            self._sources[sha] = self.git.read_blob(sha, self.cfg.target)
+            self._sources[sha] = self.git.read_blob(sha, self.cfg.trial.target)
         return self._sources[sha]
 
     def incumbent_source(self) -> str:
@@ -131,7 +130,7 @@ class Campaign:
         return ProposalContext(
             incumbent_sha=line.head,
             incumbent_source=self.source(line.head),
-            target=self.cfg.target,
+            target=self.cfg.trial.target,
             program=self.program,
             history=list(self.rows),
             in_flight=[
@@ -165,11 +164,11 @@ class Campaign:
         self.budget, self.workers = budget, workers
         settings = {
             "budget": budget,
-            "gpu_type": self.cfg.gpu_type,
-            "dataset": self.cfg.dataset,
-            "vocab_size": self.cfg.vocab_size,
-            "target": self.cfg.target,
-            "protocol": self.cfg.protocol,
+            "gpu_type": self.cfg.cluster.gpu_type,
+            "dataset": self.cfg.trial.dataset,
+            "vocab_size": self.cfg.trial.vocab_size,
+            "target": self.cfg.trial.target,
+            "protocol": self.cfg.trial.protocol,
             "device_kind": device_kind,
             **(strategy_settings or {}),
         }
@@ -179,7 +178,9 @@ class Campaign:
         else:
             head = self.git.rev_parse(self.main_branch) or self.git.rev_parse("HEAD")
             if not head:
-                raise CampaignError(f"{self.repo} has no commits; commit {self.cfg.target} first")
+                raise CampaignError(
+                    f"{self.repo} has no commits; commit {self.cfg.trial.target} first"
+                )
             self.base_sha = head
             self.ledger.write_config(
                 {
@@ -187,7 +188,7 @@ class Campaign:
                     "base_sha": head,
                     "tag": self.cfg.tag,
                     "repo": str(self.repo),
-                    "strategy": self.cfg.strategy,
+                    "strategy": self.cfg.search.strategy,
                     "created": time.time(),
                 }
             )
@@ -280,10 +281,10 @@ class Campaign:
             parent_sha=parent,
             commit_sha=commit,
             patch="",
-            seed=self.cfg.seed * 100_003 + int(tid[1:]),
+            seed=self.cfg.search.seed * 100_003 + int(tid[1:]),
             budget=self.budget,
-            target=self.cfg.target,
-            protocol=self.cfg.protocol,
+            target=self.cfg.trial.target,
+            protocol=self.cfg.trial.protocol,
         )
         self.inflight[tid] = {"spec": asdict(spec), "proposal": proposal}
         if queued:
@@ -305,10 +306,10 @@ class Campaign:
         from cluster.patches import apply_patch
 
         assert p.parent_sha == line.head, "a proposal runs on the incumbent it was written for"
-        source = apply_patch(self.source(line.head), p.patch, self.cfg.target)
+        source = apply_patch(self.source(line.head), p.patch, self.cfg.trial.target)
         sha = self.git.commit_file(
             p.parent_sha,
-            self.cfg.target,
+            self.cfg.trial.target,
             source,
             f"{p.description}\n\nproposer: {p.proposer}" + (f" ({p.model})" if p.model else ""),
         )
@@ -328,7 +329,7 @@ class Campaign:
             patch="",
             seed=0,
             budget=self.budget,
-            target=self.cfg.target,
+            target=self.cfg.trial.target,
         )
         row = self.record(spec, asdict(p), TrialResult(status="invalid", error=p.error or ""))
         self.say(f"{spec.trial_id} invalid proposal ({p.proposer}): {(p.error or '')[:120]}")
@@ -399,7 +400,7 @@ class Campaign:
     def load_pending(self) -> dict[int, list[tuple[Proposal, ProposalContext]]]:
         if not self.files:
             return {}
-        return resume.pending(self.files.proposals, self.source, self.cfg.target)
+        return resume.pending(self.files.proposals, self.source, self.cfg.trial.target)
 
     def write_lines(self, state: list[dict]) -> None:
         if self.files:

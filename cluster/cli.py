@@ -50,7 +50,13 @@ def _add_trial_options(p: argparse.ArgumentParser) -> None:
         help="trial confinement: auto takes the best the node has (namespaces, else landlock) "
         "and refuses llm/queue proposals where it has none; on requires one",
     )
-    p.add_argument("--timeout", type=float, default=None, help="hard kill after this many s")
+    p.add_argument(
+        "--timeout",
+        dest="trial_timeout",
+        type=float,
+        default=None,
+        help="hard kill after this many s",
+    )
     p.add_argument(
         "--protocol",
         default="referee",
@@ -86,7 +92,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
                 "`python train.py` at the root of an autoresearch-style repo"
             )
         result = run_autoresearch_protocol(
-            repo, log, timeout=args.timeout or 900, threads=args.threads
+            repo, log, timeout=args.trial_timeout or 900, threads=args.threads
         )
         print(format_summary(result))
         return 0 if result.status == "ok" else 1
@@ -103,7 +109,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
         device=device,
         threads=args.threads,
         sandbox=args.sandbox,
-        hard_timeout=args.timeout,
+        hard_timeout=args.trial_timeout,
     )
     print(
         f"trial of {train_py} | budget {budget} | seed {args.seed} | {device} | log {log}",
@@ -126,53 +132,14 @@ def _workers(text: str) -> str | int:
     return n
 
 
-def _campaign_config(args: argparse.Namespace):
-    from cluster.campaign import CampaignConfig
-
-    workers = None if args.workers in (None, "auto") else args.workers
-    return CampaignConfig(
-        tag=args.tag,
-        repo=args.repo,
-        target=args.target,
-        program=args.program,
-        budget=str(args.budget) if args.budget else None,  # canonical: 5m is 300s
-        workers=workers,
-        gpu_type=args.gpu_type,
-        strategy=args.strategy,
-        proposer=args.proposer,
-        rounds=args.rounds,
-        trials=args.trials,
-        hours=args.hours,
-        address=args.address,
-        dataset=args.dataset,
-        vocab_size=args.vocab_size,
-        device=args.device,
-        sandbox=args.sandbox,
-        noise_multiple=args.noise_multiple,
-        confirm_multiple=args.confirm_multiple,
-        replicates=args.replicates,
-        per_round=args.per_round,
-        proposals_ahead=args.proposals_ahead,
-        seed=args.seed,
-        trial_timeout=args.timeout,
-        protocol=args.protocol,
-        models=args.model or [],
-        api_base=args.api_base,
-        max_llm_cost=args.max_llm_cost,
-        llm_timeout=args.llm_timeout,
-        islands=max(2, args.islands),
-        migrate_every=args.migrate_every,
-    )
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from cluster.campaign import CampaignError
+    from cluster.campaign import CampaignConfig, CampaignError
     from cluster.driver import run_campaign
     from cluster.pool import ResourceError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_campaign(_campaign_config(args))
+        run_campaign(CampaignConfig.from_args(args))
     except (CampaignError, ResourceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,41 +14,115 @@ class CampaignError(RuntimeError):
     """A problem the user must fix; the message says what and how."""
 
 
+def _flag(name: str | None = None, conv=None, **kw):
+    """A setting: `name` is its flat name (the `autoresearch run` option's dest, and the
+    keyword of CampaignConfig.build) when it differs from the field's; `conv` turns what the
+    CLI parsed into what the campaign keeps."""
+    return field(metadata={"flag": name, "conv": conv}, **kw)
+
+
+def _workers(v):
+    return None if v in (None, "auto") else v
+
+
 @dataclass
-class CampaignConfig:
-    tag: str
-    repo: Path = Path(".")
+class TrialSettings:
+    """What one trial is; the referee runs every trial of a campaign with these."""
+
     target: str = "trainer/train.py"
-    program: Path | None = None
-    budget: str | None = None  # canonical (parsed by the CLI); default: by device
-    workers: int | None = None  # None: every GPU (of gpu_type), or the CPU default
-    gpu_type: str | None = None
+    budget: str | None = _flag(conv=lambda b: str(b) if b else None, default=None)  # canonical
+    dataset: str = "builtin"
+    vocab_size: int | None = None
+    device: str = "auto"
+    sandbox: str = "auto"
+    threads: int | None = None  # CPU threads per trial (default: the cores over the workers)
+    protocol: str = "referee"
+    timeout: float | None = _flag("trial_timeout", default=None)  # hard kill, s
+
+
+@dataclass
+class SearchSettings:
+    """How the driver searches: the strategy, its proposers, its gate, when it stops."""
+
     strategy: str = "rounds"
     proposer: str = "mutate"
     rounds: int | None = None
     trials: int | None = None
     hours: float | None = None
-    address: str | None = None
-    dataset: str = "builtin"
-    vocab_size: int | None = None
-    device: str = "auto"
-    sandbox: str = "auto"
     noise_multiple: float = 2.0
     confirm_multiple: float = 2.0
     replicates: int | None = None  # incumbent runs before the first round (default: workers, >= 4)
     per_round: int | None = None  # candidates per round (default: workers)
     proposals_ahead: int | None = None
     seed: int = 0
-    trial_timeout: float | None = None
-    protocol: str = "referee"
-    models: list[str] = field(default_factory=list)  # llm proposer: litellm model strings
-    api_base: str | None = None
-    max_llm_cost: float | None = None
-    llm_timeout: float = 120.0
-    runs_dir: Path | None = None
-    clone_root: str | None = None
-    islands: int = 4  # population: K islands, each with its own incumbent branch (>= 2)
+    islands: int = _flag(conv=lambda k: max(2, k), default=4)  # population: K lines (>= 2)
     migrate_every: int | None = None  # population: exploit every M results (default 2 x workers)
+
+
+@dataclass
+class ClusterSettings:
+    """Where trials run."""
+
+    workers: int | None = _flag(conv=_workers, default=None)  # None: every GPU (of gpu_type)
+    gpu_type: str | None = None
+    address: str | None = None
+    clone_root: str | None = None
+
+
+@dataclass
+class LLMSettings:
+    """The llm proposer: litellm model strings, endpoint, spend and time limits."""
+
+    models: list[str] = _flag("model", conv=lambda m: list(m or []), default_factory=list)
+    api_base: str | None = None
+    max_cost: float | None = _flag("max_llm_cost", default=None)
+    timeout: float = _flag("llm_timeout", default=120.0)
+    program: Path | None = None  # research program shown to the model (default: program.md)
+
+
+SECTIONS = {
+    "trial": TrialSettings,
+    "search": SearchSettings,
+    "cluster": ClusterSettings,
+    "llm": LLMSettings,
+}
+
+
+@dataclass
+class CampaignConfig:
+    """A campaign's settings in four sections; `build` takes them flat, by option name."""
+
+    tag: str
+    repo: Path = Path(".")
+    runs_dir: Path | None = None
+    trial: TrialSettings = field(default_factory=TrialSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
+    llm: LLMSettings = field(default_factory=LLMSettings)
+
+    @classmethod
+    def build(cls, tag: str, repo: Path = Path("."), runs_dir: Path | None = None, **flat):
+        """From flat settings named as `autoresearch run`'s options (`per_round`,
+        `trial_timeout`, `model`, ...); an unknown name is a TypeError."""
+        parts: dict[str, dict] = {name: {} for name in SECTIONS}
+        for section, kind in SECTIONS.items():
+            for f in fields(kind):
+                name = f.metadata.get("flag") or f.name
+                if name in flat:
+                    conv = f.metadata.get("conv")
+                    value = flat.pop(name)
+                    parts[section][f.name] = conv(value) if conv else value
+        if flat:
+            raise TypeError(f"unknown campaign setting(s): {', '.join(sorted(flat))}")
+        built = {name: SECTIONS[name](**kw) for name, kw in parts.items()}
+        return cls(tag=tag, repo=repo, runs_dir=runs_dir, **built)
+
+    @classmethod
+    def from_args(cls, args) -> CampaignConfig:
+        """From `autoresearch run`'s parsed options: every setting the namespace has."""
+        names = [f.metadata.get("flag") or f.name for k in SECTIONS.values() for f in fields(k)]
+        flat = {n: getattr(args, n) for n in names if hasattr(args, n)}
+        return cls.build(args.tag, args.repo, getattr(args, "runs_dir", None), **flat)
 
 
 def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
@@ -65,11 +139,6 @@ def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
             + "\n  ".join(diffs)
             + "\nRerun with the original settings, or start a new --tag."
         )
-
-
-def config_from_dict(d: dict) -> CampaignConfig:
-    names = {f.name for f in fields(CampaignConfig)}
-    return CampaignConfig(**{k: v for k, v in d.items() if k in names})
 
 
 def _canonical(key: str, value):

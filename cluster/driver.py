@@ -41,24 +41,24 @@ def connect(address: str | None) -> None:
 
 
 def resolve(cfg: CampaignConfig) -> dict:
-    gpus = cluster_gpus(cfg.gpu_type)
-    if cfg.gpu_type:
-        check_gpu_type(cfg.gpu_type)
+    gpus = cluster_gpus(cfg.cluster.gpu_type)
+    if cfg.cluster.gpu_type:
+        check_gpu_type(cfg.cluster.gpu_type)
     total_cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    device_kind = "cpu" if cfg.device == "cpu" or gpus == 0 else "cuda"
-    workers = cfg.workers or (gpus if gpus else default_cpu_workers())
+    device_kind = "cpu" if cfg.trial.device == "cpu" or gpus == 0 else "cuda"
+    workers = cfg.cluster.workers or (gpus if gpus else default_cpu_workers())
     if workers < 1:
         raise CampaignError("--workers must be at least 1")
     # --workers auto on GPUs follows the cluster; CPU workers split the cores once, at start
-    follow = cfg.workers is None and gpus > 0
-    threads = max(1, total_cpus // workers) if device_kind == "cpu" else None
+    follow = cfg.cluster.workers is None and gpus > 0
+    threads = (cfg.trial.threads or max(1, total_cpus // workers)) if device_kind == "cpu" else None
     return dict(
         device_kind=device_kind,
         workers=workers,
         threads=threads,
         gpus_per_trial=1 if gpus else 0,
         cpus_per_trial=0 if gpus else min(threads or 1, total_cpus),
-        budget=cfg.budget or default_budget(device_kind),
+        budget=cfg.trial.budget or default_budget(device_kind),
         follow=follow,
     )
 
@@ -66,7 +66,7 @@ def resolve(cfg: CampaignConfig) -> dict:
 def run_campaign(cfg: CampaignConfig) -> Campaign:
     camp = Campaign(cfg)
     proposers = build_proposers(cfg, camp.repo)  # before Ray: a missing API key fails fast
-    connect(cfg.address)
+    connect(cfg.cluster.address)
     plan = resolve(cfg)
     strategy = build_strategy(cfg, plan["workers"])
     camp.setup(
@@ -78,30 +78,30 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
     camp.say(
         f"campaign {cfg.tag}: {plan['workers']} workers ({plan['device_kind']}"
         f"{', ' + str(plan['threads']) + ' threads each' if plan['threads'] else ''}), "
-        f"budget {camp.budget}, strategy {cfg.strategy}, proposer {cfg.proposer}, "
+        f"budget {camp.budget}, strategy {cfg.search.strategy}, proposer {cfg.search.proposer}, "
         f"branch {camp.branch} at {camp.incumbent[:10]}"
     )
     pool = WorkerPool(
         plan["workers"],
         gpus_per_trial=plan["gpus_per_trial"],
         cpus_per_trial=plan["cpus_per_trial"],
-        accelerator_type=cfg.gpu_type,
+        accelerator_type=cfg.cluster.gpu_type,
         actor_args=dict(
             tag=cfg.tag,
             base_sha=camp.base_sha,
             base_bundle=gitops.bundle(camp.repo, camp.base_sha, None),
-            dataset=cfg.dataset,
-            vocab_size=cfg.vocab_size,
-            device=cfg.device if cfg.device != "auto" else plan["device_kind"],
+            dataset=cfg.trial.dataset,
+            vocab_size=cfg.trial.vocab_size,
+            device=cfg.trial.device if cfg.trial.device != "auto" else plan["device_kind"],
             threads=plan["threads"],
-            sandbox=cfg.sandbox,
-            clone_root=cfg.clone_root,
+            sandbox=cfg.trial.sandbox,
+            clone_root=cfg.cluster.clone_root,
             untrusted=any(p.name in ("llm", "queue") for p, _ in proposers),
         ),
         bundle_for=lambda sha: (
             b"" if sha == camp.base_sha else gitops.bundle(camp.repo, sha, camp.base_sha)
         ),
-        trial_timeout=cfg.trial_timeout,
+        trial_timeout=cfg.trial.timeout,
         follow=plan["follow"],
         say=camp.say,
     )
@@ -109,8 +109,8 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
     busy = 0.0
     try:
         gpu_name = start_pool(camp, pool, cfg, plan)
-        pipeline = start_pipeline(camp, proposers, cfg.proposals_ahead or plan["workers"])
-        workers = WorkerCount(camp, pool, pipeline, fixed_ahead=bool(cfg.proposals_ahead))
+        pipeline = start_pipeline(camp, proposers, cfg.search.proposals_ahead or plan["workers"])
+        workers = WorkerCount(camp, pool, pipeline, fixed_ahead=bool(cfg.search.proposals_ahead))
         workers()
         Driver(camp, pool, pipeline, strategy, gpu_name=gpu_name, on_workers=workers).run()
     except KeyboardInterrupt:
@@ -136,8 +136,8 @@ def start_pool(camp: Campaign, pool: WorkerPool, cfg: CampaignConfig, plan: dict
         )
     gpu_name = names[0] if names else ""
     pool.pin(gpu_name)
-    if cfg.gpu_type and cfg.gpu_type not in gpu_name:
-        raise CampaignError(f"--gpu-type {cfg.gpu_type} but workers report {gpu_name!r}")
+    if cfg.cluster.gpu_type and cfg.cluster.gpu_type not in gpu_name:
+        raise CampaignError(f"--gpu-type {cfg.cluster.gpu_type} but workers report {gpu_name!r}")
     nodes = sorted({i["node"] for i in infos})
     held = ", ".join(sorted({i.get("confinement", "?") for i in infos}))
     camp.say(
@@ -163,7 +163,7 @@ def start_pipeline(camp: Campaign, proposers, ahead: int, inline: bool = False):
     }
     seen |= {source_hash(camp.source(line.head)) for line in camp.lines}
     pipeline = ProposalPipeline(
-        proposers, ahead, seed=camp.cfg.seed, inline=inline, on_change=camp.save_pending
+        proposers, ahead, seed=camp.cfg.search.seed, inline=inline, on_change=camp.save_pending
     )
     contexts = {line.index: camp.context(line) for line in camp.lines}
     pipeline.start(contexts, seen, camp.load_pending())

@@ -78,7 +78,9 @@ STRATEGIES = {
 def build_strategy(cfg, workers: int) -> Strategy:
     import importlib
 
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {cfg.strategy!r}; available: {', '.join(STRATEGIES)}")
-    module, name = STRATEGIES[cfg.strategy].split(":")
+    if cfg.search.strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {cfg.search.strategy!r}; available: {', '.join(STRATEGIES)}"
+        )
+    module, name = STRATEGIES[cfg.search.strategy].split(":")
     return getattr(importlib.import_module(module), name)(cfg, workers)

@@ -66,7 +66,7 @@ class Async:
     def __init__(self, cfg, workers: int, lines: int = 1):
         self.cfg, self.lines = cfg, lines
         self.replicates = replicates(cfg, workers)
-        self.round_size = cfg.per_round or workers
+        self.round_size = cfg.search.per_round or workers
         self.limits = Limits(cfg, self.round_size)
         self.state = [_LineState() for _ in range(lines)]
         self.turn = 0  # the line the next trial is asked of first
@@ -139,7 +139,7 @@ class Async:
 
     def rerun(self, view, line, win: dict) -> TrialSpec | None:
         """A winner whose parent is stale, re-applied to the incumbent: a new candidate."""
-        inc, src, target = line.head, view.source(line.head), view.cfg.target
+        inc, src, target = line.head, view.source(line.head), view.cfg.trial.target
         base = _RERUN.sub("", win.get("description") or "")
         p = Proposal(
             parent_sha=inc,
@@ -161,7 +161,7 @@ class Async:
 
     def combine(self, view, line, a: dict, b: dict) -> TrialSpec | None:
         """Two near-misses stacked on the current incumbent: its own candidate."""
-        inc, src, target = line.head, view.source(line.head), view.cfg.target
+        inc, src, target = line.head, view.source(line.head), view.cfg.trial.target
         p = Proposal(
             parent_sha=inc,
             patch="",

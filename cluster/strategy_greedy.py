@@ -22,7 +22,7 @@ class Greedy:
 
     def __init__(self, cfg, workers: int):
         self.cfg = cfg
-        self.limits = Limits(cfg, cfg.per_round or workers)
+        self.limits = Limits(cfg, cfg.search.per_round or workers)
         self.value: dict[str, float] = {}  # incumbent sha -> the value it is judged by
 
     def settings(self) -> dict:

@@ -32,8 +32,8 @@ class Population:
 
     def __init__(self, cfg, workers: int):
         self.cfg = cfg
-        self.lines = max(2, cfg.islands or 4)
-        self.every = max(1, cfg.migrate_every or 2 * workers)
+        self.lines = max(2, cfg.search.islands or 4)
+        self.every = max(1, cfg.search.migrate_every or 2 * workers)
         self.search = Async(cfg, workers, lines=self.lines)
         self.results = 0  # rows since the last exploit step
         self.published: list | None = None
@@ -41,8 +41,8 @@ class Population:
     def settings(self) -> dict:
         return {
             "strategy": "population",
-            "islands": self.cfg.islands,
-            "migrate_every": self.cfg.migrate_every,
+            "islands": self.cfg.search.islands,
+            "migrate_every": self.cfg.search.migrate_every,
         }
 
     # ------------------------------------------------------------------ the protocol

@@ -30,10 +30,10 @@ class Rounds:
 
     def per_round(self, view) -> int:
         """--per-round, else the workers wanted now (they follow the cluster with auto)."""
-        return self.cfg.per_round or view.workers() or self.workers
+        return self.cfg.search.per_round or view.workers() or self.workers
 
     def stopping(self, view) -> bool:
-        if self.cfg.rounds is not None and self.rounds_done >= self.cfg.rounds:
+        if self.cfg.search.rounds is not None and self.rounds_done >= self.cfg.search.rounds:
             return True
         return self.limits.reached(view)
 

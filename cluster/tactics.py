@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 
 def replicates(cfg, workers: int) -> int:
-    return max(2, cfg.replicates or max(4, workers))
+    return max(2, cfg.search.replicates or max(4, workers))
 
 
 class Limits:
     def __init__(self, cfg, round_size: int | None = None):
-        self.trials, self.hours = cfg.trials, cfg.hours
+        self.trials, self.hours = cfg.search.trials, cfg.search.hours
         # --rounds R without rounds: R x round_size candidates, fixed at start
-        self.rounds, self.round_size = cfg.rounds, round_size
+        self.rounds, self.round_size = cfg.search.rounds, round_size
         self.t_start: float | None = None  # the driver's clock when first asked
 
     def room(self, view: View) -> int | None:

@@ -96,7 +96,7 @@ def campaign_config(repo: Path, tag: str, **kw):
         seed=1,
         trial_timeout=120,
     )
-    return CampaignConfig(**{**base, **kw})
+    return CampaignConfig.build(**{**base, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -89,7 +89,7 @@ def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
         trial_timeout=120,
         hours=0.05,  # a backstop: a broken strategy fails the test instead of hanging it
     )
-    return CampaignConfig(**{**base, **kw})
+    return CampaignConfig.build(**{**base, **kw})
 
 
 def _source(repo: Path, sha: str) -> str:
@@ -256,7 +256,7 @@ def _offline(tmp_path: Path, strategy: str = "async", **kw):
     cfg = _config(repo, "offline", strategy=strategy, **kw)
     camp = Campaign(cfg, say=lambda msg: None)
     strat = build_strategy(cfg, 2)
-    camp.setup("cpu", cfg.budget, 2, strat.lines, strat.settings())
+    camp.setup("cpu", cfg.trial.budget, 2, strat.lines, strat.settings())
     pipeline = start_pipeline(camp, [(MutateProposer(), 1.0)], 2, inline=True)
     driver = Driver(camp, SimExecutor(2, lambda spec, rng: 1.0), pipeline, strat)
     return repo, src, camp, strat, driver.view

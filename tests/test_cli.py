@@ -97,11 +97,15 @@ def test_an_unknown_campaign_is_a_clear_error(tmp_path):
 
 
 def test_workers_takes_a_positive_number_or_auto():
-    from cluster.cli import _campaign_config, build_parser
+    from cluster.campaign import CampaignConfig
+    from cluster.cli import build_parser
 
     parse = build_parser().parse_args
-    assert _campaign_config(parse(["run", "--tag", "t"])).workers is None  # auto
-    assert _campaign_config(parse(["run", "--tag", "t", "--workers", "6"])).workers == 6
+    assert CampaignConfig.from_args(parse(["run", "--tag", "t"])).cluster.workers is None  # auto
+    assert (
+        CampaignConfig.from_args(parse(["run", "--tag", "t", "--workers", "6"])).cluster.workers
+        == 6
+    )
     for bad in ("0", "-2", "many"):
         proc = subprocess.run(
             [sys.executable, "-m", "cluster.cli", "run", "--tag", "t", "--workers", bad],
@@ -144,11 +148,41 @@ def test_a_bad_budget_stops_the_command_before_it_does_anything(tmp_path, comman
 
 
 def test_the_campaign_gets_the_budget_in_its_canonical_form():
-    from cluster.cli import _campaign_config, build_parser
+    from cluster.campaign import CampaignConfig
+    from cluster.cli import build_parser
 
     parse = build_parser().parse_args
-    assert _campaign_config(parse(["run", "--tag", "t"])).budget is None  # the device's default
-    assert _campaign_config(parse(["run", "--tag", "t", "--budget", "5m"])).budget == "300s"
-    assert _campaign_config(parse(["run", "--tag", "t", "--budget", "2_000steps"])).budget == (
-        "2000steps"
+    assert (
+        CampaignConfig.from_args(parse(["run", "--tag", "t"])).trial.budget is None
+    )  # the device's default
+    assert (
+        CampaignConfig.from_args(parse(["run", "--tag", "t", "--budget", "5m"])).trial.budget
+        == "300s"
     )
+    assert CampaignConfig.from_args(
+        parse(["run", "--tag", "t", "--budget", "2_000steps"])
+    ).trial.budget == ("2000steps")
+
+
+def test_every_run_option_reaches_the_campaign_config():
+    """No option of `autoresearch run` is parsed and then dropped: each is a config setting."""
+    from dataclasses import fields
+
+    from cluster.campaign import CampaignConfig
+    from cluster.cli import build_parser
+    from cluster.config import SECTIONS
+
+    ap = build_parser()
+    run = next(a for a in ap._actions if a.dest == "command").choices["run"]
+    names = {f.metadata.get("flag") or f.name for k in SECTIONS.values() for f in fields(k)}
+    assert {a.dest for a in run._actions} - names == {"help", "tag", "repo"}
+    cfg = CampaignConfig.from_args(
+        ap.parse_args(
+            ["run", "--tag", "t", "--timeout", "90", "--threads", "3", "--llm-timeout", "7"]
+            + ["--model", "a/b", "--model", "c/d", "--max-llm-cost", "2.5", "--per-round", "5"]
+        )
+    )
+    assert (cfg.trial.timeout, cfg.trial.threads, cfg.llm.timeout) == (90, 3, 7)
+    assert (cfg.llm.models, cfg.llm.max_cost, cfg.search.per_round) == (["a/b", "c/d"], 2.5, 5)
+    with pytest.raises(TypeError, match="unknown campaign setting"):
+        CampaignConfig.build("t", per_rnd=5)

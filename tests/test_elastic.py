@@ -55,7 +55,7 @@ def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
         trial_timeout=120,
         hours=0.1,  # a backstop: a pool that never drains fails the test instead of hanging it
     )
-    return CampaignConfig(**{**base, **kw})
+    return CampaignConfig.build(**{**base, **kw})
 
 
 def _overlap(rows: list[dict], since: float = 0.0) -> int:

@@ -58,7 +58,7 @@ def test_llm_campaign_merges_good_edits_and_records_bad_answers(
         proposals_ahead=6,
         rounds=1,
         proposer="llm",
-        models=["openai/fake-model"],
+        model=["openai/fake-model"],
         api_base=server.api_base,
         llm_timeout=1.5,
     )

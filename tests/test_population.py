@@ -200,7 +200,7 @@ def test_every_island_is_proposed_for_on_its_own_incumbent():
     import math
 
     repo = MemoryRepo({"train.py": src})
-    cfg = CampaignConfig(
+    cfg = CampaignConfig.build(
         tag="iso",
         target="train.py",
         strategy="population",
@@ -237,13 +237,21 @@ def test_every_island_is_proposed_for_on_its_own_incumbent():
 
 
 def test_cli_islands_flags():
-    from cluster.cli import _campaign_config, build_parser
+    from cluster.campaign import CampaignConfig
+    from cluster.cli import build_parser
 
     args = build_parser().parse_args(["run", "--tag", "t", "--strategy", "population"])
-    cfg = _campaign_config(args)
-    assert (cfg.strategy, cfg.islands, cfg.migrate_every) == ("population", 4, None)
+    cfg = CampaignConfig.from_args(args)
+    assert (cfg.search.strategy, cfg.search.islands, cfg.search.migrate_every) == (
+        "population",
+        4,
+        None,
+    )
     args = build_parser().parse_args(
         ["run", "--tag", "t", "--strategy", "population", "--islands", "1", "--migrate-every", "5"]
     )
-    cfg = _campaign_config(args)
-    assert (cfg.islands, cfg.migrate_every) == (2, 5)  # one island is not a population
+    cfg = CampaignConfig.from_args(args)
+    assert (cfg.search.islands, cfg.search.migrate_every) == (
+        2,
+        5,
+    )  # one island is not a population

@@ -29,27 +29,27 @@ def build_proposers(cfg, repo: Path) -> list:
     from cluster.proposers.queue import QueueProposer
 
     out = []
-    for name, weight in parse_spec(cfg.proposer):
+    for name, weight in parse_spec(cfg.search.proposer):
         if name == "mutate":
-            p = MutateProposer(seed=cfg.seed)
+            p = MutateProposer(seed=cfg.search.seed)
         elif name.startswith("queue:"):
             folder = Path(name.split(":", 1)[1])
             p = QueueProposer(folder if folder.is_absolute() else repo / folder)
         elif name == "llm":
             from cluster.proposers.llm import LLMProposer
 
-            if not cfg.models:
+            if not cfg.llm.models:
                 raise ValueError(
                     "--proposer llm needs --model (a litellm model string, e.g. "
                     "anthropic/claude-sonnet-4-5 or openai/gpt-4o)"
                 )
-            program_path = cfg.program or repo / "program.md"
+            program_path = cfg.llm.program or repo / "program.md"
             p = LLMProposer(
-                models=[(m, 1.0) for m in cfg.models],
-                api_base=cfg.api_base,
-                max_cost=cfg.max_llm_cost,
-                seed=cfg.seed,
-                timeout=cfg.llm_timeout,
+                models=[(m, 1.0) for m in cfg.llm.models],
+                api_base=cfg.llm.api_base,
+                max_cost=cfg.llm.max_cost,
+                seed=cfg.search.seed,
+                timeout=cfg.llm.timeout,
                 program=Path(program_path).read_text() if Path(program_path).exists() else "",
             )
             p.check_credentials()
