@@ -83,6 +83,39 @@ def make_repo(path: Path, **constants) -> Path:
     return commit_repo(path, files)
 
 
+def start_cli(repo: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`autoresearch <args>` in `repo`, in its own session (so `kill_driver` takes all it
+    started); its Ray is its own (RAY_ADDRESS=local), not one another test left running."""
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", *args],
+        cwd=repo,
+        env={**os.environ, "RAY_ADDRESS": "local", **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def kill_driver(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver and everything it started itself, as a crash or `kill -9` would."""
+    import signal
+
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def ledger_rows(repo: Path, tag: str) -> list[dict]:
+    """The campaign's trials.jsonl as rows ([] before it exists)."""
+    import json
+
+    path = repo / "runs" / tag / "trials.jsonl"
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def campaign_config(repo: Path, tag: str, **kw):
     """A CampaignConfig for tests: 20-step CPU trials on the test vocabulary."""
     from cluster.campaign import CampaignConfig

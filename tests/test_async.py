@@ -10,7 +10,6 @@ UNUSED changes nothing.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from cluster.campaign import CampaignConfig
 from cluster.driver import run_campaign
 from cluster.patches import make_patch
 
-from conftest import commit_repo
+from conftest import commit_repo, kill_driver, ledger_rows, start_cli
 
 TRAIN = '''"""Sleep-only trial: a score of its constants."""
 import random
@@ -320,8 +319,6 @@ def test_only_near_misses_on_different_lines_are_combined(tmp_path):
 @pytest.mark.slow
 def test_a_killed_async_driver_resumes_with_nothing_lost(tmp_path, data):
     import json
-    import signal
-    import sys
     import time
 
     repo, src = _repo(tmp_path / "repo")
@@ -333,42 +330,26 @@ def test_a_killed_async_driver_resumes_with_nothing_lost(tmp_path, data):
     for i in range(1, 10):
         new = src.replace("UNUSED = 1.0", f"UNUSED = {i + 1}.0")
         _queue(repo, f"{i}-null.patch", src, new, f"null {i}")
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--tag", "resume", "--repo", str(repo)]
+    cmd = ["run", "--tag", "resume", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--strategy", "async"]
     cmd += ["--proposer", "queue:queue", "--device", "cpu", "--sandbox", "off"]
     cmd += ["--budget", "2s", "--workers", "2", "--replicates", "4", "--trials", "2"]
     cmd += ["--hours", "0.05"]
-    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, not one another run left
-
-    def start():
-        return subprocess.Popen(
-            cmd,
-            cwd=repo,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-
-    ledger = repo / "runs" / "resume" / "trials.jsonl"
 
     def rows():
-        text = ledger.read_text() if ledger.exists() else ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return ledger_rows(repo, "resume")
 
-    first = start()
+    first = start_cli(repo, *cmd)
     deadline = time.monotonic() + 180
     while not any(r["kind"] == "candidate" for r in rows()) and time.monotonic() < deadline:
         time.sleep(0.3)
     assert any(r["kind"] == "candidate" for r in rows()), first.communicate()[0]
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_driver(first)
     before = rows()
     inflight = json.loads((repo / "runs" / "resume" / "inflight.json").read_text())
     assert set(inflight) - {r["trial_id"] for r in before}  # something was running
 
-    second = start()
+    second = start_cli(repo, *cmd)
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
     after = rows()
@@ -506,8 +487,6 @@ def test_a_rounds_driver_killed_during_a_confirmation_merges_the_winner_on_resum
     """Regression: the rounds strategy re-ran a killed driver's confirmation without judging
     it, so the winner was recorded `discard`, without its description, and never merged."""
     import json
-    import signal
-    import sys
     import time
 
     repo, src = _repo(tmp_path / "repo")
@@ -516,26 +495,12 @@ def test_a_rounds_driver_killed_during_a_confirmation_merges_the_winner_on_resum
     src = (repo / "train.py").read_text()
     _queue(repo, "0-r.patch", src, src.replace("R = 1.0", "R = 2.0"), "raise R")
     _queue(repo, "1-null.patch", src, src.replace("UNUSED = 1.0", "UNUSED = 2.0"), "null")
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--tag", "rk", "--repo", str(repo)]
+    cmd = ["run", "--tag", "rk", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--strategy", "rounds"]
     cmd += ["--proposer", "queue:queue", "--device", "cpu", "--sandbox", "off"]
     cmd += ["--budget", "3s", "--workers", "2", "--replicates", "4", "--rounds", "1"]
     cmd += ["--hours", "0.05"]
-    env = {**os.environ, "RAY_ADDRESS": "local"}
-
-    def start():
-        return subprocess.Popen(
-            cmd,
-            cwd=repo,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-
     journal = repo / "runs" / "rk" / "inflight.json"
-    ledger = repo / "runs" / "rk" / "trials.jsonl"
 
     def confirming() -> bool:
         try:
@@ -544,21 +509,20 @@ def test_a_rounds_driver_killed_during_a_confirmation_merges_the_winner_on_resum
             return False
         return any(e["spec"]["kind"] == "confirm" and not e.get("queued") for e in running.values())
 
-    first = start()
+    first = start_cli(repo, *cmd)
     deadline = time.monotonic() + 240
     while not confirming() and time.monotonic() < deadline and first.poll() is None:
         time.sleep(0.1)
     assert confirming(), first.communicate()[0]
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    before = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    kill_driver(first)
+    before = ledger_rows(repo, "rk")
     assert not any(r["merged"] for r in before) and not any(r["kind"] == "confirm" for r in before)
     winner = next(r for r in before if r["description"] == "raise R")
 
-    second = start()
+    second = start_cli(repo, *cmd)
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
-    after = [json.loads(x) for x in ledger.read_text().splitlines() if x.strip()]
+    after = ledger_rows(repo, "rk")
     confirms = [r for r in after if r["kind"] == "confirm"]
     assert [r["status"] for r in confirms] == ["lost", "keep"], confirms
     assert all(r["description"] == "raise R" for r in confirms)  # the proposal came along

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,15 @@ from cluster import gitops
 from cluster.driver import run_campaign
 from cluster.export import load_results
 
-from conftest import PLANTED, TEST_VOCAB, make_repo, set_constants
+from conftest import (
+    PLANTED,
+    TEST_VOCAB,
+    kill_driver,
+    ledger_rows,
+    make_repo,
+    set_constants,
+    start_cli,
+)
 from conftest import campaign_config as config
 
 pytestmark = pytest.mark.slow
@@ -141,56 +146,20 @@ def test_crashing_hanging_and_broken_proposals_are_recorded_and_the_campaign_goe
 
 
 def _run_cli(repo: Path, tag: str, *extra: str) -> subprocess.Popen:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cluster.cli",
-        "run",
-        "--tag",
-        tag,
-        "--repo",
-        str(repo),
-        "--budget",
-        "20steps",
-        "--vocab-size",
-        str(TEST_VOCAB),
-        "--device",
-        "cpu",
-        "--workers",
-        "2",
-        "--rounds",
-        "2",
-        "--seed",
-        "3",
-        *extra,
-    ]
-    return subprocess.Popen(
-        cmd,
-        cwd=repo,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _ledger(repo: Path, tag: str) -> list[dict]:
-    path = repo / "runs" / tag / "trials.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    args = ["run", "--tag", tag, "--repo", str(repo), "--budget", "20steps"]
+    args += ["--vocab-size", str(TEST_VOCAB), "--device", "cpu", "--workers", "2"]
+    return start_cli(repo, *args, "--rounds", "2", "--seed", "3", *extra)
 
 
 def test_a_killed_driver_resumes_with_nothing_lost(tmp_path, data):
     repo = make_repo(tmp_path / "repo", **PLANTED)
     first = _run_cli(repo, "resume")
     deadline = time.monotonic() + 240
-    while len(_ledger(repo, "resume")) < 3 and time.monotonic() < deadline:
+    while len(ledger_rows(repo, "resume")) < 3 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert len(_ledger(repo, "resume")) >= 3, first.communicate()[0]
-    os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started itself
-    first.wait()
-    before = _ledger(repo, "resume")
+    assert len(ledger_rows(repo, "resume")) >= 3, first.communicate()[0]
+    kill_driver(first)  # the driver and everything it started itself
+    before = ledger_rows(repo, "resume")
     inflight = json.loads((repo / "runs" / "resume" / "inflight.json").read_text())
     # The trials it had started must not outlive it (nothing keeps a GPU busy forever).
     time.sleep(3)
@@ -202,7 +171,7 @@ def test_a_killed_driver_resumes_with_nothing_lost(tmp_path, data):
     second = _run_cli(repo, "resume")
     out = second.communicate(timeout=600)[0]
     assert second.returncode == 0, out
-    after = _ledger(repo, "resume")
+    after = ledger_rows(repo, "resume")
     assert after[: len(before)] == before  # nothing recorded before the kill was lost
     ids = [r["trial_id"] for r in after]
     assert len(ids) == len(set(ids))

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -19,6 +17,7 @@ from cluster.campaign import island_branch
 from cluster.driver import run_campaign
 from cluster.status import status_text
 
+from conftest import kill_driver, ledger_rows, start_cli
 from test_async import _config, _parent, _queue, _repo, _source
 
 
@@ -90,37 +89,23 @@ def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
     for i in range(8):  # more than both runs take (--trials 3 each): no run waits for ideas
         new = src.replace("UNUSED = 1.0", f"UNUSED = {i + 2}.0")
         _queue(repo, f"{i + 2}-null.patch", src, new, f"null {i + 2}")
-    cmd = [sys.executable, "-m", "cluster.cli", "run", "--tag", "popr", "--repo", str(repo)]
+    cmd = ["run", "--tag", "popr", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--sandbox", "off"]
     cmd += ["--device", "cpu", "--budget", "1s", "--workers", "2", "--replicates", "4"]
     cmd += ["--strategy", "population", "--islands", "2", "--migrate-every", "2"]
     cmd += ["--proposer", "queue:queue", "--trials", "3", "--hours", "0.05", "--seed", "1"]
 
-    def start():
-        return subprocess.Popen(
-            cmd,
-            cwd=repo,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-
-    ledger = repo / "runs" / "popr" / "trials.jsonl"
-
     def rows():
-        text = ledger.read_text() if ledger.exists() else ""
-        return [json.loads(x) for x in text.splitlines() if x.strip()]
+        return ledger_rows(repo, "popr")
 
-    first = start()
+    first = start_cli(repo, *cmd)
     deadline = time.monotonic() + 120
     while len(rows()) < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(rows()) >= 5, first.communicate()[0]
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
+    kill_driver(first)
     before = rows()
-    second = start()
+    second = start_cli(repo, *cmd)
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
     after = rows()
