@@ -244,20 +244,9 @@ class Campaign:
         self.rows.append(d)
         return d
 
-    def record(
-        self,
-        spec: TrialSpec,
-        proposal: dict | None,
-        result: TrialResult,
-        status: str | None = None,
-        merged: bool = False,
-        log_text: str = "",
-    ) -> dict:
-        row = self.draft(spec, proposal, result)
-        if status:
-            row.status = type(row.status)(status)
-        row.merged = merged
-        return self.append(row, log_text)
+    def record(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> dict:
+        """A trial no strategy judges (lost, invalid), recorded with its result's status."""
+        return self.append(self.draft(spec, proposal, result))
 
     def journal(self) -> None:
         if self.files:

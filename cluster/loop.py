@@ -275,7 +275,7 @@ class Driver:
             row.status = "keep"
         verdict = self.strategy.on_result(self.view, row)
         if result.status == "ok" and verdict is not None:
-            row.status = type(row.status)(verdict.status)
+            row.status = verdict.status
             row.merged = verdict is Verdict.MERGE
         recorded = camp.append(row, text)
         self.report(row)

@@ -218,7 +218,7 @@ class Async:
             st.deferred.append(row)  # judge it against the replicates being run
             return Verdict.DISCARD
         noise = view.noise_dof()[0]
-        promising, gain = screen(view, _Row(row))
+        promising, gain, _ = screen(view, row.get("val_bpb"), parent)
         if gain is None:
             return Verdict.DISCARD
         if promising:
@@ -268,13 +268,6 @@ class Async:
 
     def close(self, view) -> None:
         pass
-
-
-class _Row:
-    """Attribute access over a ledger dict (for the shared screen())."""
-
-    def __init__(self, d: dict):
-        self.val_bpb, self.parent_sha = d.get("val_bpb"), d["parent_sha"]
 
 
 def _row_of(spec: TrialSpec, proposal: dict | None) -> dict:

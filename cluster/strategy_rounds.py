@@ -11,7 +11,7 @@ the confirmation passes; repeat. Stops after --rounds R rounds, --trials K candi
 from __future__ import annotations
 
 from cluster.strategy import Verdict
-from cluster.tactics import Limits, judge_confirmation, replicates, top_up
+from cluster.tactics import Limits, judge_confirmation, replicates, screen, top_up
 
 
 class Rounds:
@@ -66,9 +66,6 @@ class Rounds:
         """The round's candidates are all in: confirm the best if it passes the screen."""
         n, self.open = self.open, None
         self.rounds_done += 1
-        gate = view.gate
-        noise, dof = view.noise_dof()
-        runs = view.runs_of(line.head)
         scored = sorted(
             (
                 r
@@ -81,14 +78,16 @@ class Rounds:
             ),
             key=lambda r: r["val_bpb"],
         )
-        if not scored or not noise or not runs:
+        if not scored:
             return
         best = scored[0]
-        if not gate.promising(best["val_bpb"], runs, noise, dof):
-            need = gate.threshold(noise, len(runs), gate.noise_multiple, dof)
+        promising, gain, need = screen(view, best["val_bpb"], line.head)
+        if gain is None:
+            return
+        if not promising:
             view.say(
-                f"round {n}: best {best['trial_id']} {best['val_bpb']:.4f} does "
-                f"not beat the incumbent by {need:.4f} ({gate.noise_multiple:g} x noise)"
+                f"round {n}: best {best['trial_id']} {best['val_bpb']:.4f} does not beat the "
+                f"incumbent by {need:.4f} ({view.gate.noise_multiple:g} x noise)"
             )
             return
         view.say(

@@ -6,6 +6,7 @@
   runs before candidates are judged against it (4+: with 2, Student's t widens the gate 6x).
 - `judge_confirmation(view, row)`: a fresh run of a screened candidate merges when it beats
   its parent's runs through the gate and the parent is still its line's incumbent.
+- `screen(view, val_bpb, parent)`: whether a candidate's first run is worth confirming.
 """
 
 from __future__ import annotations
@@ -75,11 +76,13 @@ def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:
     return Verdict.DISCARD, True
 
 
-def screen(view: View, row: TrialRow) -> tuple[bool, float | None]:
-    """(promising, gain over the parent's mean) of a candidate's screening run."""
-    runs = view.runs_of(row.parent_sha)
+def screen(view: View, val_bpb: float | None, parent: str) -> tuple[bool, float | None, float]:
+    """(promising, gain over the parent's mean, the gain the gate asks) of a screening run."""
+    runs = view.runs_of(parent)
     noise, dof = view.noise_dof()
-    if row.val_bpb is None or not noise or not runs:
-        return False, None
-    gain = sum(runs) / len(runs) - row.val_bpb
-    return view.gate.promising(row.val_bpb, runs, noise, dof), gain
+    if val_bpb is None or not noise or not runs:
+        return False, None, 0.0
+    gate = view.gate
+    need = gate.threshold(noise, len(runs), gate.noise_multiple, dof)
+    gain = sum(runs) / len(runs) - val_bpb
+    return gate.promising(val_bpb, runs, noise, dof), gain, need
