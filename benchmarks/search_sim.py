@@ -218,45 +218,40 @@ class Args:
 CONFIG_KEYS = ("strategy", "N")
 
 
-def simulate(args, cfg: tuple[str, int]) -> list[dict]:
-    strategy, n = cfg
+def simulate(args, job: tuple[str, int, int]) -> dict:
+    """One seed of one configuration."""
+    strategy, n, rep = job
     obj = Objective(args.headroom, args.start_at_optimum)
-    horizon = args.hours * 60 / args.budget_minutes
-    out = []
-    for rep in range(args.repeats):
-        s = Sim(
-            strategy,
-            n,
-            obj,
-            args.noise,
-            horizon,
-            seed=args.seed * 100_003 + rep,
-            jitter=args.jitter,
-            target_frac=args.target,
-            islands=args.islands,
-            migrate=args.migrate,
-            gate_k=args.gate_k,
-            confirm_k=args.confirm_k,
-            budget_s=args.budget_minutes * 60,
-        ).run()
-        out.append(
-            dict(
-                strategy=strategy,
-                N=n,
-                seed=rep,
-                t_target=s.t_target,
-                start_true=s.start_true,
-                final_true=s.final,
-                merges=s.merges,
-                worse=s.worse,
-                trials=s.trials,
-                busy=s.busy,
-                copies=s.copies,
-                worse_copies=s.worse_copies,
-                noise_est=s.noise_est,
-            )
-        )
-    return out
+    s = Sim(
+        strategy,
+        n,
+        obj,
+        args.noise,
+        args.hours * 60 / args.budget_minutes,
+        seed=args.seed * 100_003 + rep,
+        jitter=args.jitter,
+        target_frac=args.target,
+        islands=args.islands,
+        migrate=args.migrate,
+        gate_k=args.gate_k,
+        confirm_k=args.confirm_k,
+        budget_s=args.budget_minutes * 60,
+    ).run()
+    return dict(
+        strategy=strategy,
+        N=n,
+        seed=rep,
+        t_target=s.t_target,
+        start_true=s.start_true,
+        final_true=s.final,
+        merges=s.merges,
+        worse=s.worse,
+        trials=s.trials,
+        busy=s.busy,
+        copies=s.copies,
+        worse_copies=s.worse_copies,
+        noise_est=s.noise_est,
+    )
 
 
 def summarize(runs: list[dict], unit_h: float):
@@ -337,15 +332,24 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     cfgs = [("greedy", 1)] if "greedy" in args.strategies else []
     cfgs += [(s, n) for s in args.strategies for n in args.workers if (s, n) != ("greedy", 1)]
-    if args.jobs > 1:
+    jobs = [(st, n, rep) for st, n in cfgs for rep in range(args.repeats)]
+    runs: list[dict] = []
+
+    def progress(run: dict) -> None:
+        runs.append(run)
+        if len(runs) % max(1, len(jobs) // 20) == 0 or len(runs) == len(jobs):
+            print(f"  {len(runs)}/{len(jobs)} runs, {time.time() - t0:.0f}s", file=sys.stderr)
+
+    if args.jobs > 1:  # one seed of one configuration per task: the long ones do not queue
         from concurrent.futures import ProcessPoolExecutor
         from functools import partial
 
         with ProcessPoolExecutor(args.jobs) as pool:
-            parts = list(pool.map(partial(simulate, args), cfgs))
+            for run in pool.map(partial(simulate, args), jobs, chunksize=1):
+                progress(run)
     else:
-        parts = [simulate(args, c) for c in cfgs]
-    runs = [r for p in parts for r in p]
+        for job in jobs:
+            progress(simulate(args, job))
     obj = Objective(args.headroom, args.start_at_optimum)
     start = obj.true(obj.start())
     target = BASE + (1 - args.target) * (start - BASE)

@@ -27,6 +27,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     MAX_REQUEUES,
     CampaignConfig,
     CampaignError,
+    check_tag,
     locked_diffs,
 )
 from cluster.gate import Gate
@@ -60,6 +61,7 @@ class Campaign:
     ):
         """`repo` and `ledger` default to git at cfg.repo and runs/<tag>/ in it; the
         simulator passes a MemoryRepo and a MemoryLedger (then nothing is written)."""
+        check_tag(cfg.tag)
         self.cfg = cfg
         self.git = repo or GitRepo(cfg.repo)
         self.repo = self.git.path  # the checkout, or None in memory

@@ -29,6 +29,15 @@ def _budget(text: str) -> Budget:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _tag(text: str) -> str:
+    from cluster.config import CampaignError, check_tag
+
+    try:
+        return check_tag(text)
+    except CampaignError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--tag ")) from None
+
+
 def _add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", type=Path, default=Path("."), help="research repo (default: .)")
     p.add_argument("--target", default="trainer/train.py", help="the file trials train")
@@ -135,12 +144,13 @@ def _workers(text: str) -> str | int:
 def cmd_run(args: argparse.Namespace) -> int:
     from cluster.campaign import CampaignConfig, CampaignError
     from cluster.driver import run_campaign
+    from cluster.gitops import GitError
     from cluster.pool import ResourceError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_campaign(CampaignConfig.from_args(args))
-    except (CampaignError, ResourceError, ValueError) as e:
+    except (CampaignError, GitError, ResourceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -211,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="start or resume a campaign on branch autoresearch/TAG")
     p.add_argument(
-        "--tag", required=True, help="campaign name: branch autoresearch/TAG, state in runs/TAG/"
+        "--tag",
+        required=True,
+        type=_tag,
+        help="campaign name: branch autoresearch/TAG, state in runs/TAG/",
     )
     _add_trial_options(p)
     p.add_argument(
@@ -295,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("report", cmd_report, "progress.png and report.md"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--tag", required=True)
+        p.add_argument("--tag", required=True, type=_tag)
         p.add_argument("--repo", type=Path, default=Path("."))
         p.set_defaults(func=func)
         if name == "results":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -12,6 +13,20 @@ MAX_REQUEUES = 2
 
 class CampaignError(RuntimeError):
     """A problem the user must fix; the message says what and how."""
+
+
+_TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_tag(tag: str) -> str:
+    """A tag names a folder (runs/TAG) and a git branch (autoresearch/TAG): letters, digits,
+    `.`, `_` and `-`, starting with a letter or digit, at most 64, no `..`, not `.lock`."""
+    if not _TAG.fullmatch(tag) or ".." in tag or tag.endswith((".", ".lock")):
+        raise CampaignError(
+            f"--tag {tag!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (it names runs/TAG/ and the branch autoresearch/TAG), e.g. --tag dec01"
+        )
+    return tag
 
 
 def _flag(name: str | None = None, conv=None, **kw):

@@ -16,6 +16,7 @@ import ray
 
 from cluster import gitops
 from cluster.campaign import Campaign, CampaignConfig, CampaignError
+from cluster.lock import hold_campaign
 from cluster.loop import Driver
 from cluster.pipeline import ProposalPipeline
 from cluster.pool import WorkerPool, check_gpu_type, cluster_gpus, default_cpu_workers
@@ -65,6 +66,12 @@ def resolve(cfg: CampaignConfig) -> dict:
 
 def run_campaign(cfg: CampaignConfig) -> Campaign:
     camp = Campaign(cfg)
+    with hold_campaign(camp.files.driver_lock, cfg.tag):  # one driver per tag
+        _run(camp, cfg)
+    return camp
+
+
+def _run(camp: Campaign, cfg: CampaignConfig) -> None:
     proposers = build_proposers(cfg, camp.repo)  # before Ray: a missing API key fails fast
     connect(cfg.cluster.address)
     plan = resolve(cfg)
@@ -122,7 +129,6 @@ def run_campaign(cfg: CampaignConfig) -> Campaign:
         busy = pool.busy_fraction()
         pool.shutdown()
     summarize(camp, busy)
-    return camp
 
 
 def start_pool(camp: Campaign, pool: WorkerPool, cfg: CampaignConfig, plan: dict) -> str:

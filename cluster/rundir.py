@@ -59,6 +59,11 @@ class RunDir:
         return self.path / "islands.jsonl"
 
     @property
+    def driver_lock(self) -> Path:
+        """Held (flock) by the one driver running the campaign (cluster.lock)."""
+        return self.path / "driver.lock"
+
+    @property
     def logs(self) -> Path:
         """The directory of the trials' logs."""
         return self.path / "logs"

@@ -1,0 +1,100 @@
+"""Bad input refused up front, with nothing written: the tag, the repo, a second driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.config import CampaignError
+from cluster.lock import hold_campaign
+
+from conftest import make_repo
+
+
+@pytest.mark.parametrize("tag", ["..", "../../x", "a b", "a/b", ".hidden", "x.lock", "", "-x"])
+def test_a_tag_that_is_not_a_safe_folder_and_branch_name_is_refused(tmp_path, tag):
+    repo = make_repo(tmp_path / "repo")
+    for command in ("run", "status"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "cluster.cli", command, f"--tag={tag}", "--repo", str(repo)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "argument --tag" in proc.stderr and "letters, digits" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not (repo / "runs").exists() and not (tmp_path / "x").exists()
+
+
+def test_a_repo_that_is_not_git_is_one_line_not_a_traceback(tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "run", "--tag", "t", "--repo", str(plain)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "not inside a git repository" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_one_driver_per_tag_and_a_killed_holder_leaves_no_stale_lock(tmp_path):
+    lock = tmp_path / "runs" / "t" / "driver.lock"
+    code = (
+        "import sys, time; from pathlib import Path; from cluster.lock import hold_campaign\n"
+        "with hold_campaign(Path(sys.argv[1]), 't'):\n"
+        "    print('held', flush=True); time.sleep(120)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(CampaignError) as exc:
+            with hold_campaign(lock, "t"):
+                pass
+        msg = str(exc.value)
+        assert f"pid {holder.pid} on " in msg and "campaign t is being run by" in msg
+        assert "--tag" in msg
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with hold_campaign(lock, "t"):  # the kernel dropped the dead holder's lock
+        assert str(os.getpid()) in lock.read_text()
+    with hold_campaign(lock, "t"):  # and this one released its own on leaving
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_driver_on_a_running_tag_is_refused_and_changes_nothing(tmp_path, data):
+    from conftest import TEST_VOCAB, kill_driver, ledger_rows, start_cli
+
+    repo = make_repo(tmp_path / "repo")
+    args = ["run", "--tag", "two", "--repo", str(repo), "--budget", "20steps", "--device"]
+    args += ["cpu", "--vocab-size", str(TEST_VOCAB), "--workers", "1", "--rounds", "50"]
+    first = start_cli(repo, *args)
+    try:
+        deadline = time.monotonic() + 240
+        while not ledger_rows(repo, "two") and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert ledger_rows(repo, "two"), first.communicate()[0] if first.poll() else ""
+        config = repo / "runs" / "two" / "config.json"
+        stamp = config.stat().st_mtime_ns
+        second = start_cli(repo, *args)
+        out = second.communicate(timeout=120)[0]
+        assert second.returncode == 2, out
+        assert f"campaign two is being run by pid {first.pid} on " in out
+        assert "Traceback" not in out
+        assert first.poll() is None  # the first driver runs on
+        assert config.stat().st_mtime_ns == stamp  # the second wrote nothing
+        assert not any(r["status"] == "lost" for r in ledger_rows(repo, "two"))
+    finally:
+        kill_driver(first)
