@@ -94,6 +94,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
 
     repo = args.repo.resolve()
     log = Path(args.log) if args.log else repo / "runs" / "trial.log"
+    log.parent.mkdir(parents=True, exist_ok=True)  # a foreign repo has no runs/ yet
     if args.protocol == "autoresearch":
         if not (repo / "train.py").exists():
             sys.exit(
@@ -323,8 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from trainer.prepare import PrepareError
+
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        sys.exit(args.func(args))
+    except PrepareError as e:  # e.g. a read-only cache that was never prepared
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -362,6 +362,10 @@ class WorkerPool:
 
 
 def _first(e: Exception) -> str:
+    """The cause of a worker's error, not Ray's "ray::TrialActor.describe() (pid=...)" line."""
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, BaseException) and str(cause).strip():
+        return f"{type(cause).__name__}: {str(cause).strip()}"[:400]
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__
 

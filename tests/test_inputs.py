@@ -98,3 +98,49 @@ def test_a_second_driver_on_a_running_tag_is_refused_and_changes_nothing(tmp_pat
         assert not any(r["status"] == "lost" for r in ledger_rows(repo, "two"))
     finally:
         kill_driver(first)
+
+
+def test_a_first_autoresearch_trial_in_a_foreign_repo_creates_its_log_folder(tmp_path):
+    from test_async import _repo
+
+    repo, _ = _repo(tmp_path / "ar")
+    assert not (repo / "runs").exists()
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "trial", "--protocol", "autoresearch"]
+        + ["--repo", str(repo), "--sandbox", "off"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "val_bpb" in proc.stdout and (repo / "runs" / "trial.log").exists()
+
+
+def test_a_prepared_cache_is_used_without_writing_to_it(tmp_path, data, monkeypatch):
+    """A read-only cache (shared, or mounted ro) cannot take the prepare lock: a prepared one
+    needs none; an unprepared one is one clear line, not a traceback. (A directory where the
+    lock file would go stands in for read-only: root may write anywhere.)"""
+    import shutil
+
+    from trainer.prepare import PrepareError, prepare
+
+    from conftest import TEST_VOCAB
+
+    cache = tmp_path / "cache"
+    shutil.copytree(data, cache / data.name)
+    (cache / f"{data.name}.lock").mkdir()  # the lock cannot be created
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(cache))
+    assert prepare("builtin", TEST_VOCAB) == cache / data.name
+    (cache / data.name / "manifest.json").unlink()  # not prepared after all
+    with pytest.raises(PrepareError, match="cannot prepare builtin .* AUTORESEARCH_CACHE"):
+        prepare("builtin", TEST_VOCAB)
+    env = {**os.environ, "AUTORESEARCH_CACHE": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cluster.cli", "prepare", "--vocab-size", str(TEST_VOCAB)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 1 and proc.stderr.startswith("error: cannot prepare builtin")
+    assert "Traceback" not in proc.stderr

@@ -66,6 +66,10 @@ DATASETS = {
 }
 
 
+class PrepareError(RuntimeError):
+    """The data cannot be prepared here; the message says what to do."""
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("AUTORESEARCH_CACHE", "~/.cache/autoresearch-cluster")).expanduser()
 
@@ -237,8 +241,19 @@ def prepare(
     if not 256 + len(SPECIAL_TOKENS) <= vocab_size <= 65536:
         raise ValueError(f"vocab size must be between 260 and 65536 (uint16 ids), got {vocab_size}")
     out = data_dir(dataset, vocab_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
+    if (out / "manifest.json").exists() and not force:
+        return out  # complete (the manifest is written last), and may be read-only: no lock
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(out) + ".lock")
+        lock.acquire()
+    except OSError as e:
+        raise PrepareError(
+            f"cannot prepare {dataset} (vocab {vocab_size}) in {out.parent}: {e.strerror or e}. "
+            "Run `autoresearch prepare` where the cache is writable, or point "
+            "AUTORESEARCH_CACHE at a writable folder."
+        ) from None
+    with lock:
         if (out / "manifest.json").exists() and not force:
             return out
         t0 = time.time()
