@@ -42,6 +42,8 @@ class Executor(Protocol):
 
 WAIT_FOR_PROPOSALS = 5.0  # s a take blocks when no trial runs (nothing else to wait for)
 SAY_WAITING = 30.0  # s without proposals before the console says why
+INVALID_STREAK = 20  # invalid proposals in a row before proposing pauses
+INVALID_PAUSE = 60.0  # s of the first pause; each further one in a row doubles, up to 10 min
 
 
 class View:
@@ -130,13 +132,21 @@ class View:
     def take(self, line: Line, n: int, wait: float | None = None) -> list[TrialSpec]:
         """Up to n fresh candidates for the line, committed; invalid proposals are recorded.
         Blocks (up to `wait`, default: only while no trial runs) when none is ready."""
+        d = self._d
+        if d.paused_until is not None and d.clock() < d.paused_until:
+            return []  # too many invalid proposals in a row: see Driver.invalid_proposals
         if wait is None:
-            wait = 0.0 if self._d.running else WAIT_FOR_PROPOSALS
-        valid, invalid = self._d.pipeline.take(line.index, n, timeout=wait)
+            wait = 0.0 if d.running else WAIT_FOR_PROPOSALS
+        valid, invalid = d.pipeline.take(line.index, n, timeout=wait)
         for p in invalid:
             self.camp.record_invalid(p, line)
-        self._d.proposals_seen(bool(valid or invalid))
+        d.proposals_seen(bool(valid or invalid))
+        d.invalid_proposals(len(valid), invalid)
         return [self.camp.commit(p, line) for p in valid if p.parent_sha == line.head]
+
+    def invalid_total(self) -> int:
+        """Proposals recorded invalid since this driver started (they fill a round's slots)."""
+        return self._d.invalid_total
 
     def commit(self, p, line: Line) -> TrialSpec | None:
         """A proposal the strategy made itself (a re-run, a combination), validated like any
@@ -188,6 +198,8 @@ class Driver:
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
         self.no_proposals_since: float | None = None
+        self.invalid_total = self.invalid_streak = self.pauses = 0
+        self.paused_until: float | None = None
         self.view = View(self)
 
     def run(self) -> None:
@@ -246,6 +258,27 @@ class Driver:
             reason = self.pipeline.last_error or "proposers have nothing new"
             self.camp.say(f"waiting for proposals ({reason})")
             self.no_proposals_since = now
+
+    def invalid_proposals(self, valid: int, invalid: list) -> None:
+        """A proposer that only writes invalid proposals (a guard it cannot pass, a model
+        answering garbage, a patch for another file) must not spin the campaign: after
+        INVALID_STREAK in a row, proposing pauses, saying why; the pauses grow."""
+        self.invalid_total += len(invalid)
+        if valid:
+            self.invalid_streak = self.pauses = 0
+            return
+        self.invalid_streak += len(invalid)
+        if self.invalid_streak < INVALID_STREAK:
+            return
+        pause = min(600.0, INVALID_PAUSE * 2**self.pauses)
+        reason = (invalid[-1].error or "").strip().splitlines()
+        self.camp.say(
+            f"{self.invalid_streak} proposals in a row were invalid (the last: "
+            f"{reason[0][:200] if reason else '?'}); pausing proposals for {pause:.0f} s"
+        )
+        self.pauses += 1
+        self.invalid_streak = 0
+        self.paused_until = self.clock() + pause
 
     def note_in_flight(self) -> None:
         """Tell the proposers what is running, so they do not propose it again."""

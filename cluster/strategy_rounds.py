@@ -24,6 +24,7 @@ class Rounds:
         self.rounds_done = 0
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
+        self.invalid_at_open = 0
 
     def settings(self) -> dict:
         return {}
@@ -43,12 +44,12 @@ class Rounds:
         if spec is not None:
             return spec
         if self.open is not None:
-            if self.taken < self.per_round(view) and not self.stopping(view):
+            if self.filled(view) < self.per_round(view) and not self.stopping(view):
                 got = view.take(line, 1, wait=10.0 if self.taken else None)
                 if got:
                     self.taken += 1
                     return got[0]
-                if not self.taken:
+                if not self.taken and self.filled(view) < self.per_round(view):
                     return None  # no proposal yet: the loop asks again
                 self.taken = self.per_round(view)  # run what we have rather than idle
             if view.running(line):
@@ -60,7 +61,13 @@ class Rounds:
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
         self.open, self.taken = view.start_round(), 0
+        self.invalid_at_open = view.invalid_total()
         return self.next_trial(view)
+
+    def filled(self, view) -> int:
+        """The open round's slots taken: candidates, and proposals recorded invalid (a round of
+        invalid proposals ends, so --rounds R stops a campaign whose proposer only fails)."""
+        return self.taken + view.invalid_total() - self.invalid_at_open
 
     def close_round(self, view, line) -> None:
         """The round's candidates are all in: confirm the best if it passes the screen."""

@@ -144,3 +144,70 @@ def test_a_prepared_cache_is_used_without_writing_to_it(tmp_path, data, monkeypa
     )
     assert proc.returncode == 1 and proc.stderr.startswith("error: cannot prepare builtin")
     assert "Traceback" not in proc.stderr
+
+
+def _all_invalid_campaign(strategy: str, **flat):
+    """A simulated campaign whose only proposer writes patches for another file."""
+    import random
+
+    from cluster.campaign import Campaign, CampaignConfig
+    from cluster.driver import start_pipeline
+    from cluster.ledger import MemoryLedger
+    from cluster.loop import Driver
+    from cluster.patches import make_patch
+    from cluster.records import Proposal
+    from cluster.repo import MemoryRepo
+    from cluster.simulate import SimExecutor
+    from cluster.strategy import build_strategy
+
+    class Elsewhere:
+        name = "elsewhere"
+
+        def __init__(self):
+            self.n = 0
+
+        def propose(self, ctx, n):
+            out = []
+            for _ in range(n):
+                self.n += 1
+                patch = make_patch("X = 1\n", f"X = {self.n + 1}\n", "other.py")
+                out.append(
+                    Proposal(
+                        parent_sha=ctx.incumbent_sha,
+                        proposer="elsewhere",
+                        patch=patch,
+                        description=f"edit {self.n}",
+                    )
+                )
+            return out
+
+    said: list[str] = []
+    repo = MemoryRepo({"train.py": "A = 1.0\n"})
+    cfg = CampaignConfig.build(tag="bad", target="train.py", strategy=strategy, seed=1, **flat)
+    camp = Campaign(cfg, repo=repo, ledger=MemoryLedger(), say=said.append)
+    strat = build_strategy(cfg, 2)
+    camp.setup("cpu", "300s", 2, strat.lines, strat.settings())
+    pipeline = start_pipeline(camp, [(Elsewhere(), 1.0)], 2, inline=True)
+    ex = SimExecutor(2, lambda spec, rng: 1.0 + rng.gauss(0, 0.01), seed=1)
+    Driver(camp, ex, pipeline, strat, clock=ex.now).run()
+    random.seed()
+    return camp, said, ex
+
+
+def test_a_proposer_that_only_writes_invalid_proposals_ends_a_rounds_campaign():
+    camp, said, _ = _all_invalid_campaign("rounds", rounds=2, hours=5.0)  # hours: a backstop
+    invalid = [r for r in camp.rows if r["status"] == "invalid"]
+    assert invalid and all("only train.py may be changed" in r["error"] for r in invalid)
+    assert not any(r["kind"] == "candidate" and r["status"] != "invalid" for r in camp.rows)
+    assert len(invalid) < 50  # two rounds' slots, not an endless loop
+
+
+def test_invalid_proposals_in_a_row_pause_proposing_and_say_why():
+    camp, said, ex = _all_invalid_campaign("async", hours=2.0)
+    pauses = [m for m in said if "proposals in a row were invalid" in m]
+    assert pauses and "the patch changes other.py; only train.py may be changed" in pauses[0]
+    assert "pausing proposals for 60 s" in pauses[0] and "for 120 s" in pauses[1]
+    invalid = [r for r in camp.rows if r["status"] == "invalid"]
+    # 2 simulated hours: pauses of 60, 120, 240, 480, then 600 s, each after 20 invalid
+    assert len(invalid) <= 20 * (len(pauses) + 1) + 10 and len(pauses) <= 16
+    assert ex.now() >= 2 * 3600
