@@ -174,11 +174,16 @@ class Campaign:
             "device_kind": device_kind,
             **(strategy_settings or {}),
         }
+        resume.check_rows(self.cfg.tag, self.rows, settings)
         if saved:
             locked_diffs(self.cfg.tag, saved, settings)
             self.base_sha = saved["base_sha"]
-        else:
-            head = self.git.rev_parse(self.main_branch) or self.git.rev_parse("HEAD")
+        else:  # a new campaign, or one whose config.json was lost: its ledger says where from
+            head = (
+                resume.base_of(self.rows)
+                or self.git.rev_parse(self.main_branch)
+                or self.git.rev_parse("HEAD")
+            )
             if not head:
                 raise CampaignError(
                     f"{self.repo} has no commits; commit {self.cfg.trial.target} first"

@@ -158,7 +158,11 @@ def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
 
 def _canonical(key: str, value):
     """A budget saved before budgets were parsed at the edge ("5m") equals "300s"."""
-    if key != "budget" or not isinstance(value, str):
+    return canonical_budget(value) if key == "budget" else value
+
+
+def canonical_budget(value):
+    if not isinstance(value, str):
         return value
     from trainer.budget import Budget
 

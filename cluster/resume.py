@@ -19,6 +19,44 @@ from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal, TrialSpec
 
 
+def check_rows(tag: str, rows: list[dict], settings: dict) -> None:
+    """The ledger is the authority on what was measured: a resume whose budget, protocol or
+    GPU type differs from its rows' is refused, whatever config.json says (or if it is gone)."""
+    from cluster.config import canonical_budget
+
+    measured = [r for r in rows if r.get("val_bpb") is not None]
+    diffs = []
+    budgets = sorted({canonical_budget(r["budget"]) for r in measured if r.get("budget")})
+    if budgets and budgets != [canonical_budget(settings["budget"])]:
+        diffs.append(
+            f"budget: its trials ran with {', '.join(budgets)}, this run asks {settings['budget']}"
+        )
+    reported = {r.get("self_reported") for r in measured} - {None}
+    protocol = settings.get("protocol")
+    if (True in reported and protocol != "autoresearch") or (
+        False in reported and protocol == "autoresearch"
+    ):
+        was = "autoresearch" if True in reported else "referee"
+        diffs.append(f"protocol: its trials ran under {was}, this run asks {protocol}")
+    gpu = settings.get("gpu_type")
+    names = sorted({r.get("gpu_name") or "cpu" for r in measured})
+    if gpu and measured and any(gpu not in n for n in names):
+        diffs.append(f"gpu_type: its trials ran on {', '.join(names)}, this run asks {gpu}")
+    if diffs:
+        raise CampaignError(
+            f"campaign {tag}'s ledger (runs/{tag}/trials.jsonl) was measured with other "
+            "settings, and its results would not be comparable:\n  "
+            + "\n  ".join(diffs)
+            + "\nRerun with the original settings, or start a new --tag."
+        )
+
+
+def base_of(rows: list[dict]) -> str | None:
+    """The commit a campaign started from, by its ledger (config.json lost)."""
+    first = next((r for r in rows if r.get("parent_sha")), None)
+    return first["parent_sha"] if first else None
+
+
 def refuse_checked_out(git, names: list[str]) -> None:
     checked_out = [b.removeprefix("refs/heads/") for b in git.checked_out_branches()]
     for name in names:

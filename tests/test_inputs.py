@@ -211,3 +211,32 @@ def test_invalid_proposals_in_a_row_pause_proposing_and_say_why():
     # 2 simulated hours: pauses of 60, 120, 240, 480, then 600 s, each after 20 invalid
     assert len(invalid) <= 20 * (len(pauses) + 1) + 10 and len(pauses) <= 16
     assert ex.now() >= 2 * 3600
+
+
+def test_the_ledger_not_config_json_decides_what_a_resume_may_change(tmp_path):
+    """config.json deleted, or edited to the new budget: the rows say what was measured."""
+    from cluster.campaign import Campaign, CampaignConfig
+    from cluster.records import TrialResult
+
+    repo = make_repo(tmp_path / "repo")
+
+    def camp(budget: str) -> Campaign:
+        c = Campaign(CampaignConfig.build("led", repo, budget=budget), say=lambda m: None)
+        c.setup("cpu", budget, 2)
+        return c
+
+    first = camp("20steps")
+    base = first.base_sha
+    spec = first.make_spec("baseline", base, base, first.lines[0])
+    first.append(first.draft(spec, None, TrialResult(status="ok", val_bpb=1.5)))
+    config = first.files.config
+    config.unlink()  # lost
+    with pytest.raises(CampaignError, match="its trials ran with 20steps, this run asks 40steps"):
+        camp("40steps")
+    assert not config.exists()  # the refusal wrote nothing
+    again = camp("20steps")  # the original settings resume, from the ledger's base
+    assert again.base_sha == base and config.exists()
+    edited = config.read_text().replace('"20steps"', '"40steps"')
+    config.write_text(edited)
+    with pytest.raises(CampaignError, match="trials.jsonl. was measured with other settings"):
+        camp("40steps")

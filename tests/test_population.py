@@ -135,7 +135,7 @@ def test_an_interrupted_island_merge_is_completed_unless_a_migration_followed(tm
     base = camp.base_sha
     win = gitops.commit_file(repo, base, "train.py", src.replace("R = 1.0", "R = 2.0"), "R")
     spec = camp.make_spec("confirm", win, base, 1)
-    row = camp.draft(spec, None, TrialResult(status="ok", val_bpb=0.9))
+    row = camp.draft(spec, None, TrialResult(status="ok", val_bpb=0.9, self_reported=True))
     row.status, row.merged = "keep", True
     camp.append(row)
     resume()
