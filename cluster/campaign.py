@@ -76,6 +76,7 @@ class Campaign:
         self.main_branch = f"autoresearch/{cfg.tag}"
         self.gate = Gate(cfg.search.noise_multiple, cfg.search.confirm_multiple)
         self.rows: list[dict] = self.ledger.rows()
+        self.used_ids = self.ledger.trial_ids()  # with a torn last line's, so none is reused
         self.inflight: dict[str, dict] = {}
         self.lines: list[Line] = []
         self.requeue: list[tuple[TrialSpec, dict | None]] = []
@@ -146,7 +147,7 @@ class Campaign:
     def _next_id(self) -> str:
         nums = [
             int(t[1:])
-            for t in [*(r["trial_id"] for r in self.rows), *self.inflight]
+            for t in [*(r["trial_id"] for r in self.rows), *self.inflight, *self.used_ids]
             if t and t[0] == "t" and t[1:].isdigit()
         ]
         return f"t{max(nums, default=0) + 1:04d}"
@@ -215,10 +216,14 @@ class Campaign:
                 have = self.lines[-1].head
                 self._move(self.lines[-1], want, have, merged=False)
                 self.say(f"{name}: completed an interrupted merge {have[:10]} -> {want[:10]}")
-        if self.files:  # trials a killed driver left: recorded lost, those still useful re-run
+        if (
+            self.files
+        ):  # trials a killed driver left: running ones recorded lost; useful ones re-run
             heads = {line.head for line in self.lines}
             for spec, proposal, why in resume.lost(self.files.journal, self.rows):
-                self.record(spec, proposal, TrialResult(status="lost", error=why))
+                self.used_ids.add(spec.trial_id)
+                if why:  # it was running; one only queued never ran, and is not a row
+                    self.record(spec, proposal, TrialResult(status="lost", error=why))
                 if spec.commit_sha in heads or spec.parent_sha in heads:
                     self.requeue.append((spec, proposal))
             _atomic_json(self.files.journal, {})

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import tempfile
 import threading
 from pathlib import Path
@@ -110,6 +111,15 @@ class Ledger:
             self._rows.append(json.loads(line))
             _atomic_write(self.tsv_path, format_results_tsv(self._rows), self.durable)
 
+    def trial_ids(self) -> set[str]:
+        """Every trial id the file names, torn lines included: a resume never reuses one."""
+        try:
+            with self._lock:
+                data = self.path.read_bytes()
+        except FileNotFoundError:
+            return set()
+        return {m.decode() for m in re.findall(rb'"trial_id": ?"([^"]+)"', data)}
+
     def rows(self) -> list[dict[str, Any]]:
         """All rows in append order. Lines that do not parse (a torn write) are skipped."""
         try:
@@ -182,6 +192,9 @@ class MemoryLedger:
 
     def read_config(self) -> dict[str, Any] | None:
         return None if self._config is None else json.loads(self._config)
+
+    def trial_ids(self) -> set[str]:
+        return {r["trial_id"] for r in self._rows}
 
 
 def format_results_tsv(rows: list[dict[str, Any]]) -> str:

@@ -101,8 +101,9 @@ def unfinished_merge(git, line: Line, rows: list[dict], moved: list[dict], k: in
     )
 
 
-def lost(journal: Path, rows: list[dict]) -> list[tuple[TrialSpec, dict | None, str]]:
-    """Journaled trials without a ledger row: (spec, proposal, why it has no result)."""
+def lost(journal: Path, rows: list[dict]) -> list[tuple[TrialSpec, dict | None, str | None]]:
+    """Journaled trials without a ledger row: (spec, proposal, why it has no result), why
+    None for a trial that was only queued (it never ran, so it was not lost: it runs now)."""
     if not journal.exists():
         return []
     recorded = {r["trial_id"] for r in rows}
@@ -110,8 +111,7 @@ def lost(journal: Path, rows: list[dict]) -> list[tuple[TrialSpec, dict | None, 
     for tid, entry in json.loads(journal.read_text()).items():
         if tid in recorded:
             continue
-        where = "waiting for a worker" if entry.get("queued") else "running"
-        why = f"the driver stopped while this trial was {where}"
+        why = None if entry.get("queued") else "the driver stopped while this trial was running"
         out.append((TrialSpec(**entry["spec"]), entry.get("proposal"), why))
     return out
 

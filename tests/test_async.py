@@ -357,7 +357,9 @@ def test_a_killed_async_driver_resumes_with_nothing_lost(tmp_path, data):
     ids = [r["trial_id"] for r in after]
     assert len(ids) == len(set(ids))
     lost = [r for r in after[len(before) :] if r["status"] == "lost"]
-    assert {r["trial_id"] for r in lost} == set(inflight) - {r["trial_id"] for r in before}
+    running = {t for t, e in inflight.items() if not e.get("queued")}
+    assert {r["trial_id"] for r in lost} == running - {r["trial_id"] for r in before}
+    assert not any(r["trial_id"] in set(inflight) - running for r in after)  # queued: never ran
     # Lost trials still on the incumbent ran again (same commit, same kind) after the resume.
     for r in lost:
         again = [

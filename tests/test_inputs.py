@@ -240,3 +240,39 @@ def test_the_ledger_not_config_json_decides_what_a_resume_may_change(tmp_path):
     config.write_text(edited)
     with pytest.raises(CampaignError, match="trials.jsonl. was measured with other settings"):
         camp("40steps")
+
+
+def test_a_torn_last_line_and_queued_trials_are_not_reused_or_called_lost(tmp_path):
+    """A crash mid-append tears the ledger's last line; a journaled trial that only waited for
+    a worker never ran. Neither id is given to a new trial; only running ones become `lost`."""
+    import json
+
+    from cluster.campaign import Campaign, CampaignConfig
+    from cluster.records import TrialResult
+
+    repo = make_repo(tmp_path / "repo")
+
+    def camp() -> Campaign:
+        c = Campaign(CampaignConfig.build("torn", repo, budget="20steps"), say=lambda m: None)
+        c.setup("cpu", "20steps", 2)
+        return c
+
+    first = camp()
+    line = first.lines[0]
+    base = first.base_sha
+    done = first.make_spec("baseline", base, base, line)
+    first.append(first.draft(done, None, TrialResult(status="ok", val_bpb=1.5)))
+    running = first.make_spec("baseline", base, base, line)
+    first.dispatched(running)
+    queued = first.make_spec("baseline", base, base, line, queued=True)
+    first.journal()
+    torn = first.make_spec("baseline", base, base, line)
+    with open(first.files.ledger, "a") as f:  # killed halfway through writing its row
+        f.write(json.dumps({"trial_id": torn.trial_id, "kind": "baseline"})[:40])
+    second = camp()
+    lost = [r["trial_id"] for r in second.rows if r["status"] == "lost"]
+    assert lost == [running.trial_id]
+    assert {s.trial_id for s, _ in second.requeue} == {running.trial_id, queued.trial_id}
+    fresh = second.make_spec("baseline", base, base, second.lines[0])
+    used = {done.trial_id, running.trial_id, queued.trial_id, torn.trial_id}
+    assert fresh.trial_id not in used and fresh.trial_id > max(used)
