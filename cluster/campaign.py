@@ -180,11 +180,10 @@ class Campaign:
             locked_diffs(self.cfg.tag, saved, settings)
             self.base_sha = saved["base_sha"]
         else:  # a new campaign, or one whose config.json was lost: its ledger says where from
-            head = (
-                resume.base_of(self.rows)
-                or self.git.rev_parse(self.main_branch)
-                or self.git.rev_parse("HEAD")
-            )
+            head = resume.base_of(self.rows) or self.git.rev_parse(self.main_branch)
+            if not head:
+                head = self.git.rev_parse("HEAD")
+                self._refuse_uncommitted(head)
             if not head:
                 raise CampaignError(
                     f"{self.repo} has no commits; commit {self.cfg.trial.target} first"
@@ -233,6 +232,16 @@ class Campaign:
         }
 
     # ------------------------------------------------------------------ recording
+
+    def _refuse_uncommitted(self, head: str | None) -> None:
+        """A new campaign starts from HEAD: edits to the target not in it would be left out."""
+        target = self.cfg.trial.target
+        if head and self.git.uncommitted(target):
+            raise CampaignError(
+                f"{target} has changes that are not committed; the campaign would start from "
+                f"the committed version (HEAD {head[:10]}) without them. Commit them "
+                f"(git commit -am 'baseline') or stash them (git stash), then rerun."
+            )
 
     def draft(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> TrialRow:
         """The row a finished trial makes, before the strategy's verdict sets its status."""

@@ -40,7 +40,12 @@ def _tag(text: str) -> str:
 
 def _add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", type=Path, default=Path("."), help="research repo (default: .)")
-    p.add_argument("--target", default="trainer/train.py", help="the file trials train")
+    p.add_argument(
+        "--target",
+        default=None,
+        help="the file trials train (default trainer/train.py; train.py with --protocol "
+        "autoresearch)",
+    )
     p.add_argument(
         "--budget",
         default=None,
@@ -106,7 +111,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
         )
         print(format_summary(result))
         return 0 if result.status == "ok" else 1
-    train_py = repo / args.target
+    train_py = repo / (args.target or "trainer/train.py")
     if not train_py.exists():
         sys.exit(f"error: {train_py} not found; pass --repo and --target of the file to train")
     device = resolve_device(args.device)

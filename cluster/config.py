@@ -44,7 +44,7 @@ def _workers(v):
 class TrialSettings:
     """What one trial is; the referee runs every trial of a campaign with these."""
 
-    target: str = "trainer/train.py"
+    target: str = "trainer/train.py"  # --protocol autoresearch: train.py (see build)
     budget: str | None = _flag(conv=lambda b: str(b) if b else None, default=None)  # canonical
     dataset: str = "builtin"
     vocab_size: int | None = None
@@ -129,6 +129,9 @@ class CampaignConfig:
                     parts[section][f.name] = conv(value) if conv else value
         if flat:
             raise TypeError(f"unknown campaign setting(s): {', '.join(sorted(flat))}")
+        if parts["trial"].get("target") is None:  # the protocol's file, unless given
+            auto = parts["trial"].get("protocol") == "autoresearch"
+            parts["trial"]["target"] = "train.py" if auto else "trainer/train.py"
         built = {name: SECTIONS[name](**kw) for name, kw in parts.items()}
         return cls(tag=tag, repo=repo, runs_dir=runs_dir, **built)
 

@@ -26,6 +26,7 @@ class Repo(Protocol):
     def commit_file(self, parent: str, path: str, content: str, message: str) -> str: ...
     def is_ancestor(self, a: str, b: str) -> bool: ...
     def checked_out_branches(self) -> list[str]: ...
+    def uncommitted(self, path: str) -> bool: ...
 
 
 class GitRepo:
@@ -51,6 +52,10 @@ class GitRepo:
 
     def checked_out_branches(self) -> list[str]:
         return gitops.checked_out_branches(self.path)
+
+    def uncommitted(self, path: str) -> bool:
+        """The checkout's `path` differs from HEAD (edited, staged, or never committed)."""
+        return bool(gitops.git(self.path, "status", "--porcelain", "--", path).strip())
 
 
 class MemoryRepo:
@@ -108,3 +113,6 @@ class MemoryRepo:
 
     def checked_out_branches(self) -> list[str]:
         return []
+
+    def uncommitted(self, path: str) -> bool:
+        return False

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
 
 def replicates(cfg, workers: int) -> int:
-    return max(2, cfg.search.replicates or max(4, workers))
+    """--replicates, else one per worker: at least 4 (Student's t), at most 16 (the noise is
+    known well by then; 1000 workers asking for 1000 replicates would only wait)."""
+    return max(2, cfg.search.replicates or max(4, min(workers, 16)))
 
 
 class Limits:

@@ -276,3 +276,30 @@ def test_a_torn_last_line_and_queued_trials_are_not_reused_or_called_lost(tmp_pa
     fresh = second.make_spec("baseline", base, base, second.lines[0])
     used = {done.trial_id, running.trial_id, queued.trial_id, torn.trial_id}
     assert fresh.trial_id not in used and fresh.trial_id > max(used)
+
+
+def test_uncommitted_edits_to_the_target_are_refused_not_silently_left_out(tmp_path):
+    from cluster.campaign import Campaign, CampaignConfig
+
+    repo = make_repo(tmp_path / "repo")
+    train = repo / "trainer" / "train.py"
+    train.write_text(train.read_text() + "\n# my idea\n")
+    camp = Campaign(CampaignConfig.build("dirty", repo, budget="20steps"), say=lambda m: None)
+    with pytest.raises(CampaignError, match="trainer/train.py has changes that are not committed"):
+        camp.setup("cpu", "20steps", 2)
+    assert not camp.files.config.exists()
+    from cluster import gitops
+
+    env = {**os.environ, **gitops.IDENTITY}
+    subprocess.run(["git", "commit", "-qam", "idea"], cwd=repo, check=True, env=env)
+    camp = Campaign(CampaignConfig.build("dirty", repo, budget="20steps"), say=lambda m: None)
+    camp.setup("cpu", "20steps", 2)
+    assert "# my idea" in camp.source(camp.base_sha)
+
+
+def test_the_autoresearch_protocol_trains_train_py_by_default():
+    from cluster.campaign import CampaignConfig
+
+    assert CampaignConfig.build("t", protocol="autoresearch").trial.target == "train.py"
+    assert CampaignConfig.build("t").trial.target == "trainer/train.py"
+    assert CampaignConfig.build("t", protocol="autoresearch", target="x.py").trial.target == "x.py"
