@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from cluster import resume
 from cluster.config import (  # noqa: F401 (re-exported: where readers look)
@@ -31,7 +29,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     locked_diffs,
 )
 from cluster.gate import Gate
-from cluster.ledger import Ledger
+from cluster.ledger import Ledger, atomic_json
 from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal, TrialResult, TrialSpec
@@ -40,15 +38,6 @@ from cluster.rows import TrialRow
 from cluster.rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Campaign:
@@ -66,7 +55,10 @@ class Campaign:
         self.git = repo or GitRepo(cfg.repo)
         self.repo = self.git.path  # the checkout, or None in memory
         if self.repo is not None and not (self.repo / cfg.trial.target).exists():
-            raise CampaignError(f"{cfg.trial.target} not found in {self.repo}; pass --target")
+            hint = "pass --target"
+            if cfg.trial.protocol != "autoresearch" and (self.repo / "train.py").exists():
+                hint = "an autoresearch repo (train.py at its root)? pass --protocol autoresearch"
+            raise CampaignError(f"{cfg.trial.target} not found in {self.repo}; {hint}")
         self.files = None
         if ledger is None:
             self.files = RunDir((cfg.runs_dir or self.repo / "runs") / cfg.tag)
@@ -183,7 +175,7 @@ class Campaign:
             head = resume.base_of(self.rows) or self.git.rev_parse(self.main_branch)
             if not head:
                 head = self.git.rev_parse("HEAD")
-                self._refuse_uncommitted(head)
+                resume.refuse_uncommitted(self.git, self.cfg.trial.target, head)
             if not head:
                 raise CampaignError(
                     f"{self.repo} has no commits; commit {self.cfg.trial.target} first"
@@ -225,23 +217,13 @@ class Campaign:
                     self.record(spec, proposal, TrialResult(status="lost", error=why))
                 if spec.commit_sha in heads or spec.parent_sha in heads:
                     self.requeue.append((spec, proposal))
-            _atomic_json(self.files.journal, {})
+            atomic_json(self.files.journal, {})
         self.round = max((r.get("round") or 0 for r in self.rows), default=0)
         self.prior_candidates = {
             r["commit_sha"] for r in self.rows if r.get("kind") == "candidate" and r["commit_sha"]
         }
 
     # ------------------------------------------------------------------ recording
-
-    def _refuse_uncommitted(self, head: str | None) -> None:
-        """A new campaign starts from HEAD: edits to the target not in it would be left out."""
-        target = self.cfg.trial.target
-        if head and self.git.uncommitted(target):
-            raise CampaignError(
-                f"{target} has changes that are not committed; the campaign would start from "
-                f"the committed version (HEAD {head[:10]}) without them. Commit them "
-                f"(git commit -am 'baseline') or stash them (git stash), then rerun."
-            )
 
     def draft(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> TrialRow:
         """The row a finished trial makes, before the strategy's verdict sets its status."""
@@ -271,7 +253,7 @@ class Campaign:
 
     def journal(self) -> None:
         if self.files:
-            _atomic_json(self.files.journal, self.inflight)
+            atomic_json(self.files.journal, self.inflight)
 
     def make_spec(
         self,
@@ -377,22 +359,11 @@ class Campaign:
             f"MIGRATE island {source.index} -> island {line.index}: {old[:10]} -> "
             f"{new[:10]} ({why})"
         )
-        self.moves.append(dict(time=now, island=line.index, source=source.index, old=old, new=new))
+        move = dict(time=now, island=line.index, source=source.index, old=old, new=new)
+        self.moves.append(move)
         if self.files:
             with open(self.files.islands_log, "a") as f:
-                f.write(
-                    json.dumps(
-                        dict(
-                            time=now,
-                            island=line.index,
-                            source=source.index,
-                            old=old,
-                            new=new,
-                            why=why,
-                        )
-                    )
-                    + "\n"
-                )
+                f.write(json.dumps({**move, "why": why}) + "\n")
 
     def follow(self, sha: str, why: str) -> None:
         """Point the campaign branch at a line's incumbent (the best of several lines)."""
@@ -403,9 +374,7 @@ class Campaign:
 
     def save_pending(self, ready: dict[int, list[Proposal]]) -> None:
         if self.files:
-            _atomic_json(
-                self.files.proposals, {i: [asdict(p) for p in q] for i, q in ready.items()}
-            )
+            atomic_json(self.files.proposals, {i: [asdict(p) for p in q] for i, q in ready.items()})
 
     def load_pending(self) -> dict[int, list[tuple[Proposal, ProposalContext]]]:
         if not self.files:
@@ -414,7 +383,7 @@ class Campaign:
 
     def write_lines(self, state: list[dict]) -> None:
         if self.files:
-            _atomic_json(self.files.islands, state)
+            atomic_json(self.files.islands, state)
 
     def say(self, msg: str) -> None:
         if self._say is not None:

@@ -197,6 +197,16 @@ class MemoryLedger:
         return {r["trial_id"] for r in self._rows}
 
 
+def atomic_json(path: Path, obj: Any) -> None:
+    """Write JSON to path all at once (a reader sees the old file or the new, never half)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def format_results_tsv(rows: list[dict[str, Any]]) -> str:
     """results.tsv text: autoresearch's five columns, then ours, one line per row."""
     lines = ["\t".join(TSV_COLUMNS + TSV_EXTRA)]

@@ -57,6 +57,16 @@ def base_of(rows: list[dict]) -> str | None:
     return first["parent_sha"] if first else None
 
 
+def refuse_uncommitted(git, target: str, head: str | None) -> None:
+    """A new campaign starts from HEAD: edits to the target not in it would be left out."""
+    if head and git.uncommitted(target):
+        raise CampaignError(
+            f"{target} has changes that are not committed; the campaign would start from "
+            f"the committed version (HEAD {head[:10]}) without them. Commit them "
+            f"(git commit -am 'baseline') or stash them (git stash), then rerun."
+        )
+
+
 def refuse_checked_out(git, names: list[str]) -> None:
     checked_out = [b.removeprefix("refs/heads/") for b in git.checked_out_branches()]
     for name in names:

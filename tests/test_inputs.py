@@ -303,3 +303,12 @@ def test_the_autoresearch_protocol_trains_train_py_by_default():
     assert CampaignConfig.build("t", protocol="autoresearch").trial.target == "train.py"
     assert CampaignConfig.build("t").trial.target == "trainer/train.py"
     assert CampaignConfig.build("t", protocol="autoresearch", target="x.py").trial.target == "x.py"
+
+
+def test_an_autoresearch_repo_run_natively_is_pointed_at_its_protocol(tmp_path):
+    from cluster.campaign import Campaign, CampaignConfig
+    from test_async import _repo
+
+    repo, _ = _repo(tmp_path / "ar")
+    with pytest.raises(CampaignError, match="pass --protocol autoresearch"):
+        Campaign(CampaignConfig.build("t", repo), say=lambda m: None)
