@@ -307,6 +307,7 @@ def test_the_autoresearch_protocol_trains_train_py_by_default():
 
 def test_an_autoresearch_repo_run_natively_is_pointed_at_its_protocol(tmp_path):
     from cluster.campaign import Campaign, CampaignConfig
+
     from test_async import _repo
 
     repo, _ = _repo(tmp_path / "ar")
