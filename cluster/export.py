@@ -100,9 +100,9 @@ def render_results(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return df.to_json(orient="records", lines=True, double_precision=15)
     if fmt == "md":
-        return markdown_table(df, (*MD_COLUMNS, "proposer", "description"))
+        return markdown_table(df, (*MD_COLUMNS, "proposer", "description")) + _self_reported(df)
     if fmt == "table":
-        return text_table(df, (*TABLE_COLUMNS, "description"))
+        return text_table(df, (*TABLE_COLUMNS, "description")) + _self_reported(df)
     raise ValueError(f"{fmt!r} is not a text format; use one of csv, tsv, json, md, table")
 
 
@@ -215,6 +215,8 @@ def _show(row: pd.Series, column: str, width: int | None = None) -> str:
         return "-"
     if column == "commit":
         return str(value)[:7]
+    if column == "val_bpb" and row.get("self_reported") is True:
+        return f"{value:.6f}*"  # see _self_reported
     if column in ("val_bpb", "incumbent_bpb", "noise"):
         return f"{value:.6f}"
     if column == "gain":
@@ -225,6 +227,18 @@ def _show(row: pd.Series, column: str, width: int | None = None) -> str:
     if width is not None and len(text) > width:
         text = text[: width - 3] + "..."
     return text
+
+
+SELF_REPORTED = (
+    "* self-reported: train.py computed and printed this val_bpb itself (--protocol "
+    "autoresearch); the referee did not measure it"
+)
+
+
+def _self_reported(df: pd.DataFrame) -> str:
+    """The footnote of a table with self-reported scores (their val_bpb shows a *)."""
+    flags = df["self_reported"] if "self_reported" in df else pd.Series([], dtype="boolean")
+    return f"\n{SELF_REPORTED}\n" if bool(flags.fillna(False).astype(bool).any()) else ""
 
 
 def _counts(rows: list[dict[str, Any]], key: str) -> dict[str, int]:

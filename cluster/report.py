@@ -20,7 +20,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cluster.export import MD_COLUMNS, campaign_summary, markdown_table, trials_frame
+from cluster.export import (
+    MD_COLUMNS,
+    SELF_REPORTED,
+    campaign_summary,
+    markdown_table,
+    trials_frame,
+)
 from cluster.ledger import Ledger
 from cluster.rows import FAILED, Kind
 from cluster.rundir import RunDir
@@ -220,6 +226,8 @@ def report_markdown(
         best += f"; improvement over the first baseline {s['improvement']:.6f} ({pct:.2f}%)"
     out.append(best)
     out.append(f"- **Noise estimate (std of val_bpb):** {_num(s['noise'])}")
+    if any(r.get("self_reported") for r in rows):
+        out.append(f"- **Metric:** {SELF_REPORTED.removeprefix('* ')}")
     out.append(
         f"- **LLM cost:** ${s['total_cost']:.4f} ({s['prompt_tokens']} prompt + "
         f"{s['completion_tokens']} completion tokens)"

@@ -63,6 +63,11 @@ def status_text(run_dir: Path, tag: str) -> str:
             + ", ".join(f"{k} {v}" for k, v in sorted(held.items()))
             + (" (none: those trials ran unconfined)" if "none" in held else "")
         )
+    if any(r.get("self_reported") for r in rows):
+        lines.append(
+            "metric     self-reported: train.py computes and prints val_bpb itself "
+            "(--protocol autoresearch); the referee does not measure it"
+        )
     if s["busy_fraction"] is not None:
         lines.append(f"busy       {s['busy_fraction']:.0%} of worker time running trials")
     if s["total_cost"]:

@@ -406,3 +406,23 @@ def test_report_of_an_empty_campaign_still_writes_both_files(tmp_path):
     png, md = make_report(tmp_path / "fresh", "fresh")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "None yet" in md.read_text()
+
+
+@pytest.mark.parametrize("reported", [True, False])
+def test_a_self_reported_score_is_labelled_wherever_it_is_shown(tmp_path, reported):
+    """--protocol autoresearch: train.py prints its own val_bpb. results, status and report
+    say so (the exports carry the self_reported column)."""
+    from cluster.export import load_results, render_results
+    from cluster.status import status_text
+
+    ledger = Ledger(tmp_path / "runs" / "ar")
+    for row in campaign():
+        ledger.append({**row, "self_reported": reported})
+    ledger.write_config({"budget": "300s", "workers": 2, "base_sha": BASE_SHA})
+    df = load_results(ledger.run_dir)
+    table, md = render_results(df, "table"), render_results(df, "md")
+    status = status_text(ledger.run_dir, "ar")
+    report = make_report(ledger.run_dir, "ar")[1].read_text()
+    for text in (table, md, status, report):
+        assert ("self-reported" in text) is reported
+    assert ("0.987012*" in table) is reported
