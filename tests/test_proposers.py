@@ -77,7 +77,7 @@ def test_mutate_follows_the_constants_and_directions_that_gained():
     inc = "a" * 40
     history = [_row("baseline", inc, inc, v) for v in (2.70, 2.71, 2.69, 2.70)]
     history += [
-        _row("candidate", "b" * 40, inc, 2.66, "LEARNING_RATE 0.002 -> 0.004"),  # +4 sigma
+        _row("candidate", "b" * 40, inc, 2.66, "LEARNING_RATE 0.002 -> 0.0035"),  # +4 sigma
         _row("candidate", "c" * 40, inc, 2.74, "GRAD_CLIP 1.0 -> 0.5"),  # -4 sigma
     ]
     c = ProposalContext(
@@ -87,8 +87,10 @@ def test_mutate_follows_the_constants_and_directions_that_gained():
         history=history,
         noise=0.01,
     )
-    learned = MutateProposer(seed=7, max_changes=1).propose(c, 200)
-    blind = MutateProposer(seed=7, max_changes=1).propose(ctx(), 200)
+    # The first pick of 200 proposers: the picks' distribution, not what one proposer does
+    # once it has used up a neighbourhood (it stops repeating itself, see the next test).
+    learned = [p for i in range(200) for p in MutateProposer(seed=i, max_changes=1).propose(c, 1)]
+    blind = [p for i in range(200) for p in MutateProposer(seed=i, max_changes=1).propose(ctx(), 1)]
 
     def picks(props, name):
         return [p.description for p in props if p.description.startswith(name + " ")]
@@ -103,6 +105,29 @@ def test_mutate_follows_the_constants_and_directions_that_gained():
     clip = picks(learned, "GRAD_CLIP")  # lowering it lost: picked less, and mostly raised
     assert 0 < len(clip) < len(picks(blind, "GRAD_CLIP"))
     assert len(up(clip)) > len(clip) / 2
+
+
+def test_mutate_does_not_repeat_a_change_tried_queued_or_in_flight_and_looks_further():
+    inc = "a" * 40
+    history = [_row("baseline", inc, inc, v) for v in (2.70, 2.71, 2.69, 2.70)]
+    history.append(_row("candidate", "b" * 40, inc, 2.72, "GRAD_CLIP 1.0 -> 0.5"))
+    c = ProposalContext(
+        incumbent_sha=inc,
+        incumbent_source=SOURCE,
+        target="trainer/train.py",
+        history=history,
+        in_flight=["GRAD_CLIP 1.0 -> 2.0"],
+        noise=0.01,
+    )
+    m = MutateProposer(seed=3, max_changes=1)
+    made = [p.description for _ in range(30) for p in m.propose(c, 8)]
+    assert len(made) == len(set(made))  # never the same change twice
+    assert not {"GRAD_CLIP 1.0 -> 0.5", "GRAD_CLIP 1.0 -> 2.0"} & set(made)
+    # 240 distinct single changes of SOURCE's constants: far more than the usual steps give
+    steps = {"0.5", "0.7", "0.8", "1.25", "1.4", "2.0"}
+    assert len(made) > 200
+    grad = [d for d in made if d.startswith("GRAD_CLIP 1.0 -> ")]
+    assert any(d.split()[-1] not in steps for d in grad)  # looked further once those were used
 
 
 def test_queue_proposes_each_file_once_with_its_description(tmp_path):

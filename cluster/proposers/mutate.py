@@ -8,11 +8,17 @@ It learns from the ledger: a constant whose earlier single-constant changes gain
 units, against the parent's mean) is picked more often and mostly in the direction that
 gained; one whose changes only lost is picked less, and the other way. With no history it
 picks uniformly.
+
+It does not repeat itself: a change already run, queued or in flight on the incumbent (by
+its description in the ledger and in flight) is drawn again, and once the first n draws of a
+call repeat, the next ones look further (any factor in [0.5, 2], steps of 2-3), so a wide
+campaign does not run out of fresh proposals when the small neighbourhood is spent.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 import random
 import re
 import statistics
@@ -24,6 +30,7 @@ from cluster.records import Proposal
 
 FLOAT_FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)
 INT_STEPS = (-1, 1, 0.5, 2.0)  # +-1, or halve/double
+WIDE_INT_STEPS = (-3, -2, 2, 3, 0.75, 1.5)
 
 
 def numeric_constants(source: str) -> list[tuple[str, ast.Constant]]:
@@ -72,19 +79,30 @@ def evidence(history: list[dict], noise: float | None) -> dict[str, dict[int, fl
     return {name: {d: statistics.fmean(v) for d, v in dirs.items()} for name, dirs in gains.items()}
 
 
-def _perturb(value: int | float, rng: random.Random, direction: int = 0) -> int | float:
-    """A new value for a constant; `direction` +1/-1 asks for a larger/smaller one."""
+def _perturb(
+    value: int | float, rng: random.Random, direction: int = 0, wide: bool = False
+) -> int | float:
+    """A new value for a constant; `direction` +1/-1 asks for a larger/smaller one; `wide`
+    draws from a continuum instead of the few usual steps."""
     if isinstance(value, float):
         if value == 0.0:
             return rng.choice((1e-4, 1e-3, 0.01, 0.1)) if direction >= 0 else 0.0
+        if wide:
+            up = direction > 0 or (direction == 0 and rng.random() < 0.5)
+            factor = math.exp(rng.uniform(0.05, math.log(2.0)))
+            new = value * (factor if up else 1 / factor)
+            if 0.0 < value < 1.0 <= new:
+                new = 1.0 - (1.0 - value) * rng.uniform(0.4, 0.9)
+            return float(f"{new:.3g}")
         factors = [f for f in FLOAT_FACTORS if direction == 0 or (f > 1) == (direction > 0)]
         new = value * rng.choice(factors)
         if 0.0 < value < 1.0 <= new:  # a fraction or a beta: scale its distance to 1 instead
             new = 1.0 - (1.0 - value) * rng.choice((0.5, 0.7, 0.8))
         return float(f"{new:.4g}")
-    steps = [s for s in INT_STEPS if direction == 0 or (s > 0 and s >= 1) == (direction > 0)]
+    pool = WIDE_INT_STEPS if wide else INT_STEPS
+    steps = [s for s in pool if direction == 0 or (s > 0 and s >= 1) == (direction > 0)]
     step = rng.choice(steps)
-    new = value + step if step in (-1, 1) else round(value * step)
+    new = value + step if isinstance(step, int) else round(value * step)
     return max(1, int(new)) if value >= 1 else int(new)
 
 
@@ -123,6 +141,7 @@ class MutateProposer:
         self.skip_prefixes = skip_prefixes
         self.max_changes = max_changes
         self._evidence: tuple = (None, {})
+        self._made: dict[str, set[str]] = {}  # incumbent sha -> descriptions of its changes
 
     def for_device(self, kind: str) -> None:
         """Leave alone the knobs of the other device (GPU_ on CPU, CPU_ on GPU)."""
@@ -141,8 +160,12 @@ class MutateProposer:
             self._evidence = (key, evidence(ctx.history, ctx.noise))
         ev = self._evidence[1]
         weights = [_weight(ev.get(name)) for name, _ in consts]
-        out = []
-        for _ in range(n):
+        tried = self._tried(ctx)
+        out: list[Proposal] = []
+        for attempt in range(4 * n):
+            if len(out) >= n:
+                break
+            wide = attempt >= n  # the usual steps repeat themselves: look further
             k = 1 if self.max_changes < 2 or self.rng.random() < 0.75 else 2
             picks: list = []
             while len(picks) < min(k, len(consts)):
@@ -154,19 +177,33 @@ class MutateProposer:
             for name, node in sorted(
                 picks, key=lambda p: (p[1].lineno, p[1].col_offset), reverse=True
             ):
-                new = _perturb(node.value, self.rng, _direction(ev.get(name), self.rng))
+                new = _perturb(node.value, self.rng, _direction(ev.get(name), self.rng), wide)
                 if new == node.value:
                     continue
                 source = _replace_literal(source, node, new)
                 changes.append(f"{name} {node.value!r} -> {new!r}")
-            if not changes:
+            description = ", ".join(reversed(changes))
+            if not changes or description in tried:
                 continue
+            tried.add(description)
             out.append(
                 Proposal(
                     parent_sha=ctx.incumbent_sha,
                     proposer=self.name,
                     patch=make_patch(ctx.incumbent_source, source, ctx.target),
-                    description=", ".join(reversed(changes)),
+                    description=description,
                 )
             )
         return out
+
+    def _tried(self, ctx: ProposalContext) -> set[str]:
+        """Changes already run, queued or in flight on this incumbent (their descriptions),
+        with those this proposer made for it; the set it is given grows with each draw."""
+        inc = ctx.incumbent_sha
+        made = self._made.pop(inc, set())
+        self._made[inc] = made  # most recent last; incumbents long replaced are forgotten
+        while len(self._made) > 64:
+            self._made.pop(next(iter(self._made)))
+        seen = {r.get("description") for r in ctx.history if r.get("parent_sha") == inc}
+        made |= {d for d in (*seen, *ctx.in_flight) if d}
+        return made
