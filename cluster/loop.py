@@ -279,6 +279,7 @@ class Driver:
         self.pauses += 1
         self.invalid_streak = 0
         self.paused_until = self.clock() + pause
+        self.pipeline.pause(pause)  # no proposer is called meanwhile (an LLM costs money)
 
     def note_in_flight(self) -> None:
         """Tell the proposers what is running, so they do not propose it again."""

@@ -62,6 +62,7 @@ class ProposalPipeline:
         self.stopped = False
         self.last_error = ""
         self.empty_since: float | None = None
+        self.paused_until = 0.0
         self.thread = threading.Thread(target=self._loop, daemon=True, name="proposals")
 
     # ------------------------------------------------------------------ driver side
@@ -134,6 +135,12 @@ class ProposalPipeline:
                 self._changed()
             self.cond.notify_all()
         return valid, invalid
+
+    def pause(self, seconds: float) -> None:
+        """Call no proposer for this long (the driver saw only invalid proposals)."""
+        with self.cond:
+            self.paused_until = time.monotonic() + seconds
+            self.cond.notify_all()
 
     def stop(self) -> None:
         with self.cond:
@@ -221,8 +228,11 @@ class ProposalPipeline:
     def _loop(self) -> None:
         while True:
             with self.cond:
-                while not self.stopped and self._hungry() is None:
-                    self.cond.wait()
+                while not self.stopped and (
+                    self._hungry() is None or time.monotonic() < self.paused_until
+                ):
+                    left = self.paused_until - time.monotonic()
+                    self.cond.wait(left if left > 0 else None)
                 if self.stopped:
                     return
                 line = self._hungry()

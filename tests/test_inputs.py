@@ -313,3 +313,38 @@ def test_an_autoresearch_repo_run_natively_is_pointed_at_its_protocol(tmp_path):
     repo, _ = _repo(tmp_path / "ar")
     with pytest.raises(CampaignError, match="pass --protocol autoresearch"):
         Campaign(CampaignConfig.build("t", repo), say=lambda m: None)
+
+
+def test_a_paused_pipeline_calls_no_proposer_until_the_pause_ends():
+    """The pause is not only the driver's: the proposing thread (an LLM's bill) stops too."""
+    from cluster.patches import make_patch
+    from cluster.pipeline import ProposalPipeline
+    from cluster.proposers.base import ProposalContext
+    from cluster.records import Proposal
+
+    calls: list[float] = []
+
+    class Invalid:
+        name = "invalid"
+
+        def propose(self, ctx, n):
+            calls.append(time.monotonic())
+            patch = make_patch("X = 1\n", "X = 2\n", "other.py")
+            return [Proposal(parent_sha=ctx.incumbent_sha, proposer="invalid", patch=patch)]
+
+    pipe = ProposalPipeline([(Invalid(), 1.0)], ahead=1)
+    pipe.start({0: ProposalContext("a" * 40, "A = 1\n", "train.py")}, set())
+    try:
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pipe.pause(1.5)
+        paused_at = time.monotonic()
+        time.sleep(1.0)
+        assert not [t for t in calls if t > paused_at + 0.05]  # nothing called while paused
+        deadline = time.monotonic() + 10
+        while not [t for t in calls if t > paused_at + 1.5] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [t for t in calls if t > paused_at + 1.5]  # and it resumes
+    finally:
+        pipe.stop()
