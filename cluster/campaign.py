@@ -219,9 +219,6 @@ class Campaign:
                     self.requeue.append((spec, proposal))
             atomic_json(self.files.journal, {})
         self.round = max((r.get("round") or 0 for r in self.rows), default=0)
-        self.prior_candidates = {
-            r["commit_sha"] for r in self.rows if r.get("kind") == "candidate" and r["commit_sha"]
-        }
 
     # ------------------------------------------------------------------ recording
 

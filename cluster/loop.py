@@ -96,12 +96,13 @@ class View:
         return sum(len(x.follow_ups) for x in lines)
 
     def candidates_started(self) -> int:
-        """Candidates run (or running) since this driver started; invalid ones do not count."""
+        """Candidates run, running or queued in this campaign, before a resume too (--trials K
+        is the campaign's K, not each driver's); invalid ones do not count."""
         camp = self.camp
         done = {r["commit_sha"] for r in camp.rows if r["kind"] == "candidate" and r["commit_sha"]}
         run = {s.commit_sha for s in self._d.running.values() if s.kind == "candidate"}
         queued = {s.commit_sha for x in self.lines for s in x.follow_ups if s.kind == "candidate"}
-        return len((done | run | queued) - camp.prior_candidates)
+        return len(done | run | queued)
 
     # -- doing
     def spec(

@@ -21,7 +21,7 @@ class Rounds:
         self.cfg, self.workers = cfg, workers
         self.replicates = replicates(cfg, workers)
         self.limits = Limits(cfg)
-        self.rounds_done = 0
+        self.rounds_done: int | None = None  # the campaign's, counted from its ledger
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
         self.invalid_at_open = 0
@@ -34,6 +34,8 @@ class Rounds:
         return self.cfg.search.per_round or view.workers() or self.workers
 
     def stopping(self, view) -> bool:
+        if self.rounds_done is None:  # a resume goes on counting: rounds begun before it count
+            self.rounds_done = view.round
         if self.cfg.search.rounds is not None and self.rounds_done >= self.cfg.search.rounds:
             return True
         return self.limits.reached(view)

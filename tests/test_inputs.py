@@ -348,3 +348,37 @@ def test_a_paused_pipeline_calls_no_proposer_until_the_pause_ends():
         assert [t for t in calls if t > paused_at + 1.5]  # and it resumes
     finally:
         pipe.stop()
+
+
+def test_limits_are_the_campaigns_a_resume_goes_on_counting():
+    """--rounds R and --trials K count from the ledger: resuming a finished campaign with the
+    same limit starts nothing; a larger one runs only the difference."""
+    from cluster.campaign import Campaign, CampaignConfig
+    from cluster.driver import start_pipeline
+    from cluster.ledger import MemoryLedger
+    from cluster.loop import Driver
+    from cluster.proposers.mutate import MutateProposer
+    from cluster.repo import MemoryRepo
+    from cluster.simulate import SimExecutor
+    from cluster.strategy import build_strategy
+
+    repo, ledger = MemoryRepo({"train.py": "A = 1.0\nB = 2.0\nC = 3.0\n"}), MemoryLedger()
+
+    def run(strategy: str, **limit) -> list[dict]:
+        cfg = CampaignConfig.build("lim", target="train.py", strategy=strategy, seed=2, **limit)
+        camp = Campaign(cfg, repo=repo, ledger=ledger, say=lambda m: None)
+        strat = build_strategy(cfg, 2)
+        camp.setup("cpu", "300s", 2, strat.lines, strat.settings())
+        pipeline = start_pipeline(camp, [(MutateProposer(seed=2), 1.0)], 2, inline=True)
+        ex = SimExecutor(2, lambda spec, rng: 1.0 + rng.gauss(0, 0.01), seed=2)
+        Driver(camp, ex, pipeline, strat, clock=ex.now).run()
+        return [r for r in ledger.rows() if r["kind"] == "candidate"]
+
+    first = run("rounds", rounds=2)
+    assert {r["round"] for r in first} == {1, 2}
+    assert run("rounds", rounds=2) == first  # done: nothing new
+    third = run("rounds", rounds=3)
+    assert {r["round"] for r in third} == {1, 2, 3}
+    n = len(third)
+    assert len(run("async", trials=n)) == n
+    assert len(run("async", trials=n + 3)) == n + 3
