@@ -130,6 +130,32 @@ def test_mutate_does_not_repeat_a_change_tried_queued_or_in_flight_and_looks_fur
     assert any(d.split()[-1] not in steps for d in grad)  # looked further once those were used
 
 
+def test_mutate_leaves_output_only_constants_alone_and_keeps_dimensions_aligned():
+    from cluster.proposers.mutate import inert_constants
+
+    source = (
+        "PEAK_FLOPS = 1e12  # only for the MFU printout\n"
+        "LOG_EVERY = 10\n"
+        "HEAD_DIM = 64\n"
+        "WIDTH = 96\n"
+        "LR = 0.01\n"
+        "UNREAD = 3\n"
+        "def train(ctx):\n"
+        "    x = LR * WIDTH // HEAD_DIM\n"
+        "    print(f'mfu {x / PEAK_FLOPS:.2f}', LOG_EVERY)\n"
+        "    log.info('lr %s', LR)\n"
+    )
+    assert inert_constants(source) == {"PEAK_FLOPS", "LOG_EVERY"}  # LR is also used for real
+    c = ProposalContext(incumbent_sha="a" * 40, incumbent_source=source, target="train.py")
+    made = [p.description for i in range(30) for p in MutateProposer(seed=i).propose(c, 8)]
+    changed = {d.split()[0] for m in made for d in m.split(", ")}
+    assert changed == {"HEAD_DIM", "WIDTH", "LR", "UNREAD"}
+    values = [int(d.split()[-1]) for m in made for d in m.split(", ") if d.split()[0] == "HEAD_DIM"]
+    assert values and all(v & (v - 1) == 0 for v in values)  # 32, 128, 16, 256: no 63
+    widths = [int(d.split()[-1]) for m in made for d in m.split(", ") if d.startswith("WIDTH")]
+    assert widths and all(w % 8 == 0 for w in widths)
+
+
 def test_queue_proposes_each_file_once_with_its_description(tmp_path):
     new = SOURCE.replace("GRAD_CLIP = 1.0", "GRAD_CLIP = 0.5")
     (tmp_path / "b.patch").write_text(

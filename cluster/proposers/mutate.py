@@ -12,12 +12,15 @@ picks uniformly.
 It does not repeat itself: a change already run, queued or in flight on the incumbent (by
 its description in the ledger and in flight) is drawn again, and once the first n draws of a
 call repeat, the next ones look further (any factor in [0.5, 2], steps of 2-3), so a wide
-campaign does not run out of fresh proposals when the small neighbourhood is spent.
+campaign does not run out of fresh proposals when the small neighbourhood is spent. It leaves
+alone constants that change nothing measured (read only by print or logging calls),
+and keeps a dimension or batch size that is a multiple of 8 (>= 16) one, a power of two one.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import random
 import re
@@ -99,11 +102,46 @@ def _perturb(
         if 0.0 < value < 1.0 <= new:  # a fraction or a beta: scale its distance to 1 instead
             new = 1.0 - (1.0 - value) * rng.choice((0.5, 0.7, 0.8))
         return float(f"{new:.4g}")
+    if value >= 16 and value % 8 == 0:  # a dimension or a batch: keep it aligned (64 -> 63 breaks)
+        pow2 = value & (value - 1) == 0
+        pool = ((0.25, 4.0) if wide else (0.5, 2.0)) if pow2 else (0.5, 0.75, 1.25, 1.5, 2.0)
+        factors = [f for f in pool if direction == 0 or (f > 1) == (direction > 0)]
+        return max(8, int(round(value * rng.choice(factors) / 8)) * 8)
     pool = WIDE_INT_STEPS if wide else INT_STEPS
     steps = [s for s in pool if direction == 0 or (s > 0 and s >= 1) == (direction > 0)]
     step = rng.choice(steps)
     new = value + step if isinstance(step, int) else round(value * step)
     return max(1, int(new)) if value >= 1 else int(new)
+
+
+_OUTPUT_CALLS = {"print", "info", "debug", "warning", "log", "write", "set_postfix"}
+
+
+@functools.lru_cache(maxsize=64)
+def inert_constants(source: str) -> frozenset[str]:
+    """Constants that change nothing a trial measures: read, and only inside print or logging
+    calls (an MFU denominator, a log interval). Perturbing them wastes a run. One never read by
+    name is kept: code may read it another way (globals(), a harness reading the module)."""
+    tree = ast.parse(source)
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    useful: set[str] = set()
+    shown: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            up = parents.get(node)
+            while up is not None and not _output_call(up):
+                up = parents.get(up)
+            (shown if up is not None else useful).add(node.id)
+    return frozenset(n for n, _ in numeric_constants(source) if n in shown and n not in useful)
+
+
+def _output_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    return (isinstance(f, ast.Name) and f.id in _OUTPUT_CALLS) or (
+        isinstance(f, ast.Attribute) and f.attr in _OUTPUT_CALLS
+    )
 
 
 def _replace_literal(source: str, node: ast.Constant, new: int | float) -> str:
@@ -148,10 +186,11 @@ class MutateProposer:
         self.skip_prefixes = ("GPU_",) if kind == "cpu" else ("CPU_",)
 
     def propose(self, ctx: ProposalContext, n: int) -> list[Proposal]:
+        inert = inert_constants(ctx.incumbent_source)
         consts = [
             (name, node)
             for name, node in numeric_constants(ctx.incumbent_source)
-            if not name.startswith(self.skip_prefixes)
+            if not name.startswith(self.skip_prefixes) and name not in inert
         ]
         if not consts:
             return []
