@@ -65,7 +65,7 @@ class Async:
 
     def __init__(self, cfg, workers: int, lines: int = 1):
         self.cfg, self.lines = cfg, lines
-        self.replicates = replicates(cfg, workers)
+        self.replicates = replicates(cfg, max(1, workers // lines))  # a line's share
         self.round_size = cfg.search.per_round or workers
         self.limits = Limits(cfg, self.round_size)
         self.state = [_LineState() for _ in range(lines)]
