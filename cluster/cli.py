@@ -67,6 +67,7 @@ def _add_trial_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
         dest="trial_timeout",
+        metavar="SECONDS",
         type=float,
         default=None,
         help="hard kill after this many s",
