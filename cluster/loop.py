@@ -145,9 +145,9 @@ class View:
         d.invalid_proposals(len(valid), invalid)
         return [self.camp.commit(p, line) for p in valid if p.parent_sha == line.head]
 
-    def invalid_total(self) -> int:
-        """Proposals recorded invalid since this driver started (they fill a round's slots)."""
-        return self._d.invalid_total
+    def invalid_pauses(self) -> int:
+        """How often proposing has paused for invalid proposals since this driver started."""
+        return self._d.invalid_pauses
 
     def commit(self, p, line: Line) -> TrialSpec | None:
         """A proposal the strategy made itself (a re-run, a combination), validated like any
@@ -199,7 +199,7 @@ class Driver:
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
         self.no_proposals_since: float | None = None
-        self.invalid_total = self.invalid_streak = self.pauses = 0
+        self.invalid_streak = self.pauses = self.invalid_pauses = 0
         self.paused_until: float | None = None
         self.view = View(self)
 
@@ -264,7 +264,6 @@ class Driver:
         """A proposer that only writes invalid proposals (a guard it cannot pass, a model
         answering garbage, a patch for another file) must not spin the campaign: after
         INVALID_STREAK in a row, proposing pauses, saying why; the pauses grow."""
-        self.invalid_total += len(invalid)
         if valid:
             self.invalid_streak = self.pauses = 0
             return
@@ -278,6 +277,7 @@ class Driver:
             f"{reason[0][:200] if reason else '?'}); pausing proposals for {pause:.0f} s"
         )
         self.pauses += 1
+        self.invalid_pauses += 1
         self.invalid_streak = 0
         self.paused_until = self.clock() + pause
         self.pipeline.pause(pause)  # no proposer is called meanwhile (an LLM costs money)

@@ -24,7 +24,7 @@ class Rounds:
         self.rounds_done: int | None = None  # the campaign's, counted from its ledger
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
-        self.invalid_at_open = 0
+        self.pauses_at_open = 0
 
     def settings(self) -> dict:
         return {}
@@ -46,12 +46,13 @@ class Rounds:
         if spec is not None:
             return spec
         if self.open is not None:
-            if self.filled(view) < self.per_round(view) and not self.stopping(view):
-                got = view.take(line, 1, wait=10.0 if self.taken else None)
-                if got:
-                    self.taken += 1
-                    return got[0]
-                if not self.taken and self.filled(view) < self.per_round(view):
+            if self.taken < self.per_round(view) and not self.stopping(view):
+                if not self.exhausted(view):
+                    got = view.take(line, 1, wait=10.0 if self.taken else None)
+                    if got:
+                        self.taken += 1
+                        return got[0]
+                if not self.taken and not self.exhausted(view):
                     return None  # no proposal yet: the loop asks again
                 self.taken = self.per_round(view)  # run what we have rather than idle
             if view.running(line):
@@ -63,13 +64,14 @@ class Rounds:
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
         self.open, self.taken = view.start_round(), 0
-        self.invalid_at_open = view.invalid_total()
+        self.pauses_at_open = view.invalid_pauses()
         return self.next_trial(view)
 
-    def filled(self, view) -> int:
-        """The open round's slots taken: candidates, and proposals recorded invalid (a round of
-        invalid proposals ends, so --rounds R stops a campaign whose proposer only fails)."""
-        return self.taken + view.invalid_total() - self.invalid_at_open
+    def exhausted(self, view) -> bool:
+        """Proposing paused for invalid proposals during this round: it runs what it has (an
+        empty round ends), so --rounds R ends a campaign whose proposals all fail, one round
+        per pause, and a short outage of the proposer costs at most one round."""
+        return view.invalid_pauses() > self.pauses_at_open
 
     def close_round(self, view, line) -> None:
         """The round's candidates are all in: confirm the best if it passes the screen."""
