@@ -146,6 +146,10 @@ def test_mutate_leaves_output_only_constants_alone_and_keeps_dimensions_aligned(
         "    log.info('lr %s', LR)\n"
     )
     assert inert_constants(source) == {"PEAK_FLOPS", "LOG_EVERY"}  # LR is also used for real
+    # Under --protocol autoresearch the printed val_bpb line is the measurement: what feeds it
+    # is not inert.
+    scored = "A = 1.0\nprint(f'val_bpb:          {(A - 0.5) ** 2:.6f}')\n"
+    assert inert_constants(scored) == frozenset()
     c = ProposalContext(incumbent_sha="a" * 40, incumbent_source=source, target="train.py")
     made = [p.description for i in range(30) for p in MutateProposer(seed=i).propose(c, 8)]
     changed = {d.split()[0] for m in made for d in m.split(", ")}

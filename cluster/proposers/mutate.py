@@ -136,11 +136,17 @@ def inert_constants(source: str) -> frozenset[str]:
 
 
 def _output_call(node: ast.AST) -> bool:
+    """A print or logging call that does not report the metric (under --protocol autoresearch
+    the printed `val_bpb:` line is the measurement, and what feeds it counts)."""
     if not isinstance(node, ast.Call):
         return False
     f = node.func
-    return (isinstance(f, ast.Name) and f.id in _OUTPUT_CALLS) or (
+    named = (isinstance(f, ast.Name) and f.id in _OUTPUT_CALLS) or (
         isinstance(f, ast.Attribute) and f.attr in _OUTPUT_CALLS
+    )
+    return named and not any(
+        isinstance(c, ast.Constant) and isinstance(c.value, str) and "val_bpb" in c.value
+        for c in ast.walk(node)
     )
 
 
