@@ -86,26 +86,27 @@ def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
     subprocess.run(["git", "commit", "-qam", "slower"], cwd=repo, check=True, env=env)
     src = train.read_text()
     _queue(repo, "1-real.patch", src, src.replace("R = 1.0", "R = 2.0"), "real")
-    for i in range(8):  # more than both runs take (--trials 3 each): no run waits for ideas
+    for i in range(8):  # more than both runs take (--trials 3, then 6): no run waits for ideas
         new = src.replace("UNUSED = 1.0", f"UNUSED = {i + 2}.0")
         _queue(repo, f"{i + 2}-null.patch", src, new, f"null {i + 2}")
     cmd = ["run", "--tag", "popr", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--sandbox", "off"]
     cmd += ["--device", "cpu", "--budget", "1s", "--workers", "2", "--replicates", "4"]
     cmd += ["--strategy", "population", "--islands", "2", "--migrate-every", "2"]
-    cmd += ["--proposer", "queue:queue", "--trials", "3", "--hours", "0.05", "--seed", "1"]
+    cmd += ["--proposer", "queue:queue", "--hours", "0.05", "--seed", "1"]
 
     def rows():
         return ledger_rows(repo, "popr")
 
-    first = start_cli(repo, *cmd)
+    first = start_cli(repo, *cmd, "--trials", "3")
     deadline = time.monotonic() + 120
     while len(rows()) < 5 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert len(rows()) >= 5, first.communicate()[0]
     kill_driver(first)
     before = rows()
-    second = start_cli(repo, *cmd)
+    # --trials is the campaign's: the resumed run may start 3 more than the first started
+    second = start_cli(repo, *cmd, "--trials", "6")
     out = second.communicate(timeout=300)[0]
     assert second.returncode == 0, out
     after = rows()
