@@ -60,6 +60,9 @@ def top_up(view: View, line: Line, n: int) -> bool:
     missing = n - have
     if view.noise_dof()[0] is None and not line.reps_pending[inc]:
         missing = max(missing, 1)
+    if missing > 0 and view.noise_dof()[0] is None and not line.reps_pending[inc]:
+        where = f" of island {line.index}" if len(view.lines) > 1 else ""
+        view.say(f"measuring noise: {missing} incumbent replicate(s){where} with varied seeds")
     for _ in range(missing):
         view.queue(view.spec("baseline", inc, inc, line), line)
     return missing > 0

@@ -200,6 +200,9 @@ def test_a_proposer_that_only_writes_invalid_proposals_ends_a_rounds_campaign():
     assert invalid and all("only train.py may be changed" in r["error"] for r in invalid)
     assert not any(r["kind"] == "candidate" and r["status"] != "invalid" for r in camp.rows)
     assert len(invalid) < 50  # two rounds' slots, not an endless loop
+    assert [m for m in said if "measuring noise" in m] == [
+        "measuring noise: 4 incumbent replicate(s) with varied seeds"
+    ]
 
 
 def test_invalid_proposals_in_a_row_pause_proposing_and_say_why():
