@@ -207,9 +207,8 @@ class Campaign:
                 have = self.lines[-1].head
                 self._move(self.lines[-1], want, have, merged=False)
                 self.say(f"{name}: completed an interrupted merge {have[:10]} -> {want[:10]}")
-        if (
-            self.files
-        ):  # trials a killed driver left: running ones recorded lost; useful ones re-run
+        # Trials a killed driver left: running ones are recorded lost; useful ones run again.
+        if self.files:
             heads = {line.head for line in self.lines}
             for spec, proposal, why in resume.lost(self.files.journal, self.rows):
                 self.used_ids.add(spec.trial_id)

@@ -150,10 +150,14 @@ def locked_diffs(tag: str, saved: dict, settings: dict) -> None:
         for k, v in settings.items()
         if _canonical(k, saved.get(k)) != _canonical(k, v)
     ]
+    refuse_incomparable(f"campaign {tag} was started", diffs)
+
+
+def refuse_incomparable(what: str, diffs: list[str]) -> None:
+    """Raise, listing the settings that differ, if any do."""
     if diffs:
         raise CampaignError(
-            f"campaign {tag} was started with other settings, and its results "
-            "would not be comparable:\n  "
+            f"{what} with other settings, and its results would not be comparable:\n  "
             + "\n  ".join(diffs)
             + "\nRerun with the original settings, or start a new --tag."
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cluster.config import CampaignError
+from cluster.config import CampaignError, canonical_budget, refuse_incomparable
 from cluster.lines import Line
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal, TrialSpec
@@ -22,8 +22,6 @@ from cluster.records import Proposal, TrialSpec
 def check_rows(tag: str, rows: list[dict], settings: dict) -> None:
     """The ledger is the authority on what was measured: a resume whose budget, protocol or
     GPU type differs from its rows' is refused, whatever config.json says (or if it is gone)."""
-    from cluster.config import canonical_budget
-
     measured = [r for r in rows if r.get("val_bpb") is not None]
     diffs = []
     budgets = sorted({canonical_budget(r["budget"]) for r in measured if r.get("budget")})
@@ -42,13 +40,7 @@ def check_rows(tag: str, rows: list[dict], settings: dict) -> None:
     names = sorted({r.get("gpu_name") or "cpu" for r in measured})
     if gpu and measured and any(gpu not in n for n in names):
         diffs.append(f"gpu_type: its trials ran on {', '.join(names)}, this run asks {gpu}")
-    if diffs:
-        raise CampaignError(
-            f"campaign {tag}'s ledger (runs/{tag}/trials.jsonl) was measured with other "
-            "settings, and its results would not be comparable:\n  "
-            + "\n  ".join(diffs)
-            + "\nRerun with the original settings, or start a new --tag."
-        )
+    refuse_incomparable(f"campaign {tag}'s ledger (runs/{tag}/trials.jsonl) was measured", diffs)
 
 
 def base_of(rows: list[dict]) -> str | None:
