@@ -132,9 +132,11 @@ class TrialActor:
                     result = run_autoresearch_protocol(
                         wt,
                         log,
-                        timeout=hard_timeout or 900,
+                        timeout=hard_timeout,
                         threads=self.threads,
                         cancelled=cancelled,
+                        sandbox=self.sandbox,
+                        device=self.device,
                     )
                 else:
                     cfg = TrialConfig(

@@ -29,6 +29,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     locked_diffs,
 )
 from cluster.gate import Gate
+from cluster.gitops import GitError
 from cluster.ledger import Ledger, atomic_json
 from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
 from cluster.proposers.base import ProposalContext
@@ -59,6 +60,10 @@ class Campaign:
             if cfg.trial.protocol != "autoresearch" and (self.repo / "train.py").exists():
                 hint = "an autoresearch repo (train.py at its root)? pass --protocol autoresearch"
             raise CampaignError(f"{cfg.trial.target} not found in {self.repo}; {hint}")
+        if cfg.trial.protocol == "autoresearch" and cfg.trial.budget:
+            from trainer.protocol import protocol_fixes
+
+            raise CampaignError(f"--budget {protocol_fixes(self.repo or Path('.'), '--budget')}")
         self.files = None
         if ledger is None:
             self.files = RunDir((cfg.runs_dir or self.repo / "runs") / cfg.tag)
@@ -134,6 +139,7 @@ class Campaign:
             noise=self.noise(),
             round=self.round,
             island=line.index,
+            protocol=self.cfg.trial.protocol,
         )
 
     def _next_id(self) -> str:
@@ -269,7 +275,7 @@ class Campaign:
             parent_sha=parent,
             commit_sha=commit,
             patch="",
-            seed=self.cfg.search.seed * 100_003 + int(tid[1:]),
+            seed=self.trial_seed(tid, commit),
             budget=self.budget,
             target=self.cfg.trial.target,
             protocol=self.cfg.trial.protocol,
@@ -278,6 +284,29 @@ class Campaign:
         if queued:
             self.inflight[tid]["queued"] = True
         return spec
+
+    def trial_seed(self, tid: str, commit: str) -> int | None:
+        """A fresh seed per trial; under protocol=autoresearch the one the commit's train.py
+        sets (the repo fixes it: replicates then differ only by run-to-run variation)."""
+        if self.cfg.trial.protocol == "autoresearch":
+            from trainer.protocol import repo_seed
+
+            return repo_seed(self.source(commit))
+        return self.cfg.search.seed * 100_003 + int(tid[1:])
+
+    def protocol_budget(self) -> str:
+        """The budget an autoresearch repo fixes, read at the campaign's start commit."""
+        from trainer.protocol import budget_of
+
+        sha = self.git.rev_parse(self.main_branch) or self.git.rev_parse("HEAD")
+
+        def read(path: str) -> str | None:
+            try:
+                return self.git.read_blob(sha, path)
+            except GitError:  # no such file at that commit
+                return None
+
+        return budget_of(read("prepare.py"), read(self.cfg.trial.target)) or "set by train.py"
 
     def dispatched(self, spec: TrialSpec) -> None:
         self.inflight[spec.trial_id].pop("queued", None)

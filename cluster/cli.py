@@ -95,7 +95,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_trial(args: argparse.Namespace) -> int:
     from trainer.prepare import prepare
-    from trainer.protocol import format_summary, run_autoresearch_protocol
+    from trainer.protocol import (
+        format_summary,
+        protocol_fixes,
+        repo_budget,
+        repo_seed,
+        run_autoresearch_protocol,
+    )
     from trainer.referee import TrialConfig, resolve_device, run_trial
 
     repo = args.repo.resolve()
@@ -107,10 +113,25 @@ def cmd_trial(args: argparse.Namespace) -> int:
                 f"error: {repo}/train.py not found; --protocol autoresearch runs "
                 "`python train.py` at the root of an autoresearch-style repo"
             )
-        result = run_autoresearch_protocol(
-            repo, log, timeout=args.trial_timeout or 900, threads=args.threads
+        for flag, value in (("--budget", args.budget), ("--seed", args.seed)):
+            if value is not None:
+                print(f"error: {flag} {protocol_fixes(repo, flag)}", file=sys.stderr)
+                return 2
+        budget, seed = repo_budget(repo), repo_seed((repo / "train.py").read_text())
+        print(
+            f"trial of {repo}/train.py (protocol autoresearch) | budget {budget or 'unstated'} "
+            f"| seed {seed if seed is not None else 'unset'} | log {log}",
+            flush=True,
         )
-        print(format_summary(result))
+        result = run_autoresearch_protocol(
+            repo,
+            log,
+            timeout=args.trial_timeout,
+            threads=args.threads,
+            sandbox=args.sandbox,
+            device=resolve_device(args.device),
+        )
+        print(format_summary(result, budget=budget or "", seed=seed))
         return 0 if result.status == "ok" else 1
     train_py = repo / (args.target or "trainer/train.py")
     if not train_py.exists():
@@ -118,21 +139,22 @@ def cmd_trial(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     budget = args.budget or Budget.parse(default_budget(device))
     data = prepare(args.dataset, args.vocab_size)
+    seed = args.seed or 0
     cfg = TrialConfig(
         data=data,
         budget=budget,
-        seed=args.seed,
+        seed=seed,
         device=device,
         threads=args.threads,
         sandbox=args.sandbox,
         hard_timeout=args.trial_timeout,
     )
     print(
-        f"trial of {train_py} | budget {budget} | seed {args.seed} | {device} | log {log}",
+        f"trial of {train_py} | budget {budget} | seed {seed} | {device} | log {log}",
         flush=True,
     )
     result = run_trial(train_py, cfg, log)
-    print(format_summary(result, budget=str(budget), seed=args.seed))
+    print(format_summary(result, budget=str(budget), seed=seed))
     return 0 if result.status == "ok" else 1
 
 
@@ -222,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("trial", help="run one trial of the target file and print its summary")
     _add_trial_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="the trial's seed (default 0; not under "
+        "--protocol autoresearch, whose train.py sets its own)",
+    )
     p.add_argument("--log", default=None, help="trial log (default runs/trial.log)")
     p.set_defaults(func=cmd_trial)
 
@@ -300,7 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="validated proposals kept ready (default: workers)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds the proposers and, under the referee, the trials' seeds (under --protocol "
+        "autoresearch trials run with the seed their train.py sets, which the ledger records)",
+    )
     p.add_argument(
         "--model", action="append", help="litellm model for --proposer llm (repeat to mix models)"
     )

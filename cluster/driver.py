@@ -75,6 +75,8 @@ def _run(camp: Campaign, cfg: CampaignConfig) -> None:
     proposers = build_proposers(cfg, camp.repo)  # before Ray: a missing API key fails fast
     connect(cfg.cluster.address)
     plan = resolve(cfg)
+    if cfg.trial.protocol == "autoresearch":  # the repo's budget, not ours (--budget refused)
+        plan["budget"] = camp.protocol_budget()
     strategy = build_strategy(cfg, plan["workers"])
     camp.setup(
         plan["device_kind"], plan["budget"], plan["workers"], strategy.lines, strategy.settings()

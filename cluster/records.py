@@ -45,7 +45,7 @@ class TrialSpec:
     parent_sha: str
     commit_sha: str
     patch: str  # `git format-patch` of commit_sha against parent_sha ("" for baselines)
-    seed: int
+    seed: int | None  # None: protocol=autoresearch and train.py sets no seed we can read
     budget: str
     target: str = "trainer/train.py"
     protocol: str = "referee"  # or "autoresearch" (self-reported metric)

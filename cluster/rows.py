@@ -194,10 +194,11 @@ class TrialRow:
 
 def describe(spec: TrialSpec) -> str:
     """The description of a trial no proposal describes (a replicate or a confirmation)."""
+    seed = f"seed {spec.seed}" if spec.seed is not None else "train.py's own seed"
     if spec.kind == Kind.BASELINE:
-        return f"incumbent replicate (seed {spec.seed})"
+        return f"incumbent replicate ({seed})"
     if spec.kind == Kind.CONFIRM:
-        return f"confirmation run (seed {spec.seed})"
+        return f"confirmation run ({seed})"
     return ""
 
 

@@ -40,7 +40,14 @@ from dataclasses import dataclass, field
 from cluster.patches import PatchError, make_patch, merge3
 from cluster.records import Proposal, TrialSpec
 from cluster.strategy import Verdict
-from cluster.tactics import Limits, judge_confirmation, replicates, screen, top_up
+from cluster.tactics import (
+    Limits,
+    confirm_words,
+    judge_confirmation,
+    replicates,
+    screen,
+    top_up,
+)
 
 NEAR_MISSES_KEPT = 20  # the most recent near-misses that may still be paired
 NEAR_MISS_SIGMA = 1.0  # a near-miss gains more than this many noise std (and less than the gate)
@@ -229,10 +236,7 @@ class Async:
                 )
                 st.rebases.append(row)
                 return Verdict.DISCARD
-            view.say(
-                f"{row['trial_id']} looks better (gain {gain:.4f}); confirming with a fresh "
-                "seed beside a fresh incumbent run"
-            )
+            view.say(f"{row['trial_id']} looks better (gain {gain:.4f}); {confirm_words(view)}")
             view.queue(view.spec("baseline", parent, parent, line), line)
             st.screened[row["commit_sha"]] = row
             meta = {k: row.get(k) for k in _META}

@@ -11,7 +11,14 @@ the confirmation passes; repeat. Stops after --rounds R rounds, --trials K candi
 from __future__ import annotations
 
 from cluster.strategy import Verdict
-from cluster.tactics import Limits, judge_confirmation, replicates, screen, top_up
+from cluster.tactics import (
+    Limits,
+    confirm_words,
+    judge_confirmation,
+    replicates,
+    screen,
+    top_up,
+)
 
 
 class Rounds:
@@ -101,10 +108,7 @@ class Rounds:
                 f"incumbent by {need:.4f} ({view.gate.noise_multiple:g} x noise)"
             )
             return
-        view.say(
-            f"round {n}: {best['trial_id']} looks better; confirming with a fresh "
-            "seed beside a fresh incumbent run"
-        )
+        view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
         inc = line.head
         meta = {k: best.get(k) for k in ("proposer", "model", "description")}
         view.queue(view.spec("baseline", inc, inc, line), line)

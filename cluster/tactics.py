@@ -52,6 +52,17 @@ class Limits:
         return self.time_up(view) or self.room(view) == 0
 
 
+def fixed_seed(view: View) -> bool:
+    """Under protocol=autoresearch train.py sets its own seed: a re-run differs only by
+    run-to-run variation, and the console says so instead of promising a fresh seed."""
+    return view.cfg.trial.protocol == "autoresearch"
+
+
+def confirm_words(view: View) -> str:
+    run = "a second run (train.py fixes its seed)" if fixed_seed(view) else "a fresh seed"
+    return f"confirming with {run} beside a fresh incumbent run"
+
+
 def top_up(view: View, line: Line, n: int) -> bool:
     """Queue replicates until the line's incumbent has n runs (one more while the noise is
     unknown). After a merge it has only its confirmation run. True if any was queued."""
@@ -62,7 +73,8 @@ def top_up(view: View, line: Line, n: int) -> bool:
         missing = max(missing, 1)
     if missing > 0 and view.noise_dof()[0] is None and not line.reps_pending[inc]:
         where = f" of island {line.index}" if len(view.lines) > 1 else ""
-        view.say(f"measuring noise: {missing} incumbent replicate(s){where} with varied seeds")
+        seeds = "(train.py fixes its seed)" if fixed_seed(view) else "with varied seeds"
+        view.say(f"measuring noise: {missing} incumbent replicate(s){where} {seeds}")
     for _ in range(missing):
         view.queue(view.spec("baseline", inc, inc, line), line)
     return missing > 0

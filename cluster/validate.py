@@ -94,9 +94,14 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
         raise _Invalid(f"{target} does not compile: {exc}") from None
     if _defines_train(ctx.incumbent_source) and not _defines_train(new):
         raise _Invalid("the patch removes train(ctx), the entry point the harness calls")
-    violations = _referee_violations(new)
+    violations = _referee_violations(new, ctx)
     if violations:
-        raise _Invalid("reaches into the referee: " + "; ".join(violations))
+        what = (
+            "breaks the protocol's contract"
+            if ctx.protocol == "autoresearch"
+            else ("reaches into the referee")
+        )
+        raise _Invalid(f"{what}: " + "; ".join(violations))
     return new_hash
 
 
@@ -115,18 +120,21 @@ def _defines_train(source: str) -> bool:
     )
 
 
-def _referee_violations(source: str) -> list[str]:
-    """trainer.guard's static referee check; skipped only while that module does not exist.
-
-    A guard that fails on some source rejects it: the check fails closed.
+def _referee_violations(source: str, ctx: ProposalContext) -> list[str]:
+    """trainer.guard's static check: the referee's (nothing of it may be reached), or under
+    protocol=autoresearch the protocol's contract against the incumbent (train.py imports
+    prepare and calls its evaluator; it may not change how). Skipped only while that module
+    does not exist; a guard that fails on some source rejects it: the check fails closed.
     """
     try:
-        from trainer.guard import referee_violations
+        from trainer import guard
     except ModuleNotFoundError as exc:
         if exc.name in ("trainer.guard", "trainer"):
             return []
         raise
     try:
-        return list(referee_violations(source))
+        if ctx.protocol == "autoresearch":
+            return list(guard.protocol_violations(source, ctx.incumbent_source))
+        return list(guard.referee_violations(source))
     except Exception as exc:  # any failure of the guard means "not shown to be safe"
         return [f"the referee check failed on this source ({type(exc).__name__}: {exc})"]

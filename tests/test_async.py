@@ -81,7 +81,6 @@ def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
         proposer="queue:queue",
         device="cpu",
         sandbox="off",
-        budget="1s",
         workers=2,
         replicates=4,
         seed=1,
@@ -255,7 +254,7 @@ def _offline(tmp_path: Path, strategy: str = "async", **kw):
     cfg = _config(repo, "offline", strategy=strategy, **kw)
     camp = Campaign(cfg, say=lambda msg: None)
     strat = build_strategy(cfg, 2)
-    camp.setup("cpu", cfg.trial.budget, 2, strat.lines, strat.settings())
+    camp.setup("cpu", camp.protocol_budget(), 2, strat.lines, strat.settings())
     pipeline = start_pipeline(camp, [(MutateProposer(), 1.0)], 2, inline=True)
     driver = Driver(camp, SimExecutor(2, lambda spec, rng: 1.0), pipeline, strat)
     return repo, src, camp, strat, driver.view
@@ -333,7 +332,7 @@ def test_a_killed_async_driver_resumes_with_nothing_lost(tmp_path, data):
     cmd = ["run", "--tag", "resume", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--strategy", "async"]
     cmd += ["--proposer", "queue:queue", "--device", "cpu", "--sandbox", "off"]
-    cmd += ["--budget", "2s", "--workers", "2", "--replicates", "4", "--trials", "2"]
+    cmd += ["--workers", "2", "--replicates", "4", "--trials", "2"]
     cmd += ["--hours", "0.05"]
 
     def rows():
@@ -500,7 +499,7 @@ def test_a_rounds_driver_killed_during_a_confirmation_merges_the_winner_on_resum
     cmd = ["run", "--tag", "rk", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--strategy", "rounds"]
     cmd += ["--proposer", "queue:queue", "--device", "cpu", "--sandbox", "off"]
-    cmd += ["--budget", "3s", "--workers", "2", "--replicates", "4", "--rounds", "1"]
+    cmd += ["--workers", "2", "--replicates", "4", "--rounds", "1"]
     cmd += ["--hours", "0.05"]
     journal = repo / "runs" / "rk" / "inflight.json"
 

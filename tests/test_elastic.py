@@ -48,7 +48,6 @@ def _config(repo: Path, tag: str, **kw) -> CampaignConfig:
         proposer="mutate",
         device="cpu",
         sandbox="off",
-        budget="1s",
         vocab_size=TEST_VOCAB,
         replicates=4,
         seed=1,

@@ -91,7 +91,7 @@ def test_population_resumes_after_sigkill_with_nothing_lost(tmp_path):
         _queue(repo, f"{i + 2}-null.patch", src, new, f"null {i + 2}")
     cmd = ["run", "--tag", "popr", "--repo", str(repo)]
     cmd += ["--target", "train.py", "--protocol", "autoresearch", "--sandbox", "off"]
-    cmd += ["--device", "cpu", "--budget", "1s", "--workers", "2", "--replicates", "4"]
+    cmd += ["--device", "cpu", "--workers", "2", "--replicates", "4"]
     cmd += ["--strategy", "population", "--islands", "2", "--migrate-every", "2"]
     cmd += ["--proposer", "queue:queue", "--hours", "0.05", "--seed", "1"]
 

@@ -79,13 +79,15 @@ def launcher(
     scratch: Path,
     owned: Sequence[Path] = (),
     status_fd: int,
+    read_only: Sequence[Path] = (),
 ) -> list[str]:
     """`cmd` behind the confinement launcher, in `mode` ("namespaces" or "landlock").
 
     The trial sees the Python installation and `code_dir` read-only (on a GPU also /sys, the
     driver's /proc files and the GPU device nodes), `scratch` as its one writable place and its
     working directory, nothing else. Under namespaces it runs as an unprivileged uid, which
-    is given `owned` (directories in scratch it must write, and what they hold). The launcher reports a failure on
+    is given `owned` (directories in scratch it must write, and what they hold). `read_only`
+    adds paths it may read (autoresearch's data caches). The launcher reports a failure on
     `status_fd`; see read_status.
     """
     on_gpu = device.startswith("cuda")
@@ -94,7 +96,7 @@ def launcher(
     spec = {
         "mode": mode,
         "ro": confine.python_paths()
-        + [str(code_dir)]
+        + [str(code_dir), *(str(p) for p in read_only)]
         + (["/sys", "/proc/driver/nvidia"] if on_gpu else []),
         "rw": [str(scratch)],
         "dev": gpu_devices() if on_gpu else [],
@@ -104,7 +106,10 @@ def launcher(
         "status_fd": status_fd,
     }
     give_to_trial(mode, owned)
-    return [sys.executable, "-S", "-m", "trainer.confine", json.dumps(spec), "--", *cmd]
+    # By path, isolated (-I: no PYTHON* variables, no script directory on sys.path): the
+    # launcher needs nothing but the standard library, whatever the trial's PYTHONPATH is.
+    script = str(Path(confine.__file__).resolve())
+    return [sys.executable, "-I", "-S", script, json.dumps(spec), "--", *cmd]
 
 
 def give_to_trial(mode: str, paths: Sequence[Path]) -> None:

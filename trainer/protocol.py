@@ -8,8 +8,10 @@ computed by code the candidate may have edited, so it is marked self-reported.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from trainer import sandbox
+from trainer import sandbox as _sandbox
 from trainer.results import TrialResult
 
 _SUMMARY_KEYS = (
@@ -84,38 +86,180 @@ def parse_summary(text: str) -> dict[str, float]:
     return out
 
 
+# What an autoresearch trial may read besides its code: the protocol's data (prepare.py keeps
+# it in ~/.cache/autoresearch) and a warmed Hugging Face cache (upstream fetches its attention
+# kernel from the hub; a confined trial has no network, so it must be there already).
+PROTOCOL_CACHES = (".cache/autoresearch", ".cache/huggingface")
+SEED_CALLS = ("manual_seed", "seed", "manual_seed_all")
+
+
+def _literal_assign(source: str, name: str) -> float | None:
+    """The number a module-level `NAME = <literal>` gives, or None."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else (
+                [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
+            )
+        )
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return None
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return value
+    return None
+
+
+def budget_of(prepare_source: str | None, train_source: str | None) -> str | None:
+    """The time budget an autoresearch repo fixes: prepare.py's `TIME_BUDGET = <seconds>`
+    (or train.py's own), as "300s"; None when neither states it as a number."""
+    for source in (prepare_source, train_source):
+        value = _literal_assign(source, "TIME_BUDGET") if source else None
+        if value is not None and value > 0:
+            return f"{value:g}s"
+    return None
+
+
+def repo_budget(repo: Path, target: str = "train.py") -> str | None:
+    """budget_of the files of a checkout."""
+
+    def read(name: str) -> str | None:
+        path = Path(repo) / name
+        return path.read_text(errors="replace") if path.is_file() else None
+
+    return budget_of(read("prepare.py"), read(target))
+
+
+def repo_seed(source: str) -> int | None:
+    """The seed a train.py sets (`torch.manual_seed(42)`, `mx.random.seed(42)`, ...: the first
+    seeding call with an integer literal, in source order); None when it sets none."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return None
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and n.args
+        and isinstance(n.args[0], ast.Constant)
+        and type(n.args[0].value) is int
+        and (
+            (isinstance(n.func, ast.Attribute) and n.func.attr in SEED_CALLS)
+            or (isinstance(n.func, ast.Name) and n.func.id in SEED_CALLS)
+        )
+    ]
+    calls.sort(key=lambda n: (n.lineno, n.col_offset))
+    return calls[0].args[0].value if calls else None
+
+
+def protocol_fixes(repo: Path, flag: str) -> str:
+    """Why `flag` cannot apply under protocol=autoresearch (the CLI refuses it)."""
+    if flag == "--budget":
+        budget = repo_budget(repo)
+        what = f"TIME_BUDGET = {budget[:-1]} (seconds)" if budget else "its training time"
+        return (
+            f"does not apply under --protocol autoresearch: the repo's prepare.py fixes {what}, "
+            "and train.py enforces it; edit and commit it there to change the budget"
+        )
+    return (
+        "does not apply under --protocol autoresearch: train.py sets its own seed (the ledger "
+        "records it); edit train.py to change it"
+    )
+
+
+def default_timeout(budget: str | None) -> float:
+    """The hard kill for a trial of this budget: autoresearch's own rule is "a run over 10
+    minutes (of a 5-minute budget) is killed"; twice the budget plus five minutes of
+    start-up and evaluation keeps that, and bounds a repo whose budget is not stated."""
+    seconds = float(budget[:-1]) if budget and budget.endswith("s") else 300.0
+    return 2 * seconds + 300.0
+
+
 def run_autoresearch_protocol(
     repo: Path,
     log_path: Path,
-    timeout: float = 600.0,
+    timeout: float | None = None,
     threads: int | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    sandbox: str = "auto",
+    device: str = "cpu",
 ) -> TrialResult:
     """Run an unmodified autoresearch repo (`python train.py` at its root) and parse its summary.
 
     Its metric is computed by code the candidate may have edited, so it is marked
-    self-reported; the deadline, the process-group kill and the environment still hold.
+    self-reported; the deadline, the process-group kill and the environment still hold, and
+    the trial is confined as the referee's are (trainer/confine.py): it reads a copy of the
+    repo (read-only), the protocol's data caches (read-only), and writes only a scratch
+    directory; nothing else of the node is visible to it. `sandbox="off"`, or a node that
+    can confine nothing under "auto", runs it with only the environment allowlist.
     """
+    from trainer.confine_spec import launcher, read_status, resolve_confinement
+
+    mode = resolve_confinement(sandbox)
+    budget = repo_budget(repo)
+    timeout = timeout or default_timeout(budget)
     t_start, started = time.monotonic(), time.time()
-    sandbox.become_subreaper()
-    spare = set(sandbox.descendants(os.getpid()))
-    with tempfile.TemporaryDirectory(prefix="ar-trial-") as scratch, open(log_path, "w") as logf:
-        env = sandbox.trial_env(Path(scratch), threads)
-        env["HOME"] = os.environ.get("HOME", scratch)  # upstream reads ~/.cache/autoresearch
+    _sandbox.become_subreaper()
+    spare = set(_sandbox.descendants(os.getpid()))
+    with tempfile.TemporaryDirectory(prefix="ar-trial-") as tmp, open(log_path, "w") as logf:
+        code, work = Path(tmp) / "code", Path(tmp) / "work"
+        shutil.copytree(repo, code, ignore=shutil.ignore_patterns(".git", "runs", "__pycache__"))
+        work.mkdir()
+        env = _sandbox.trial_env(work, threads)
+        home = Path(os.environ.get("HOME") or "/nonexistent")
+        env["HOME"] = str(home)  # upstream reads ~/.cache/autoresearch
+        env.update(
+            HF_HUB_OFFLINE="1",
+            XDG_CACHE_HOME=str(work / "cache"),
+            TRITON_CACHE_DIR=str(work / "triton"),
+            TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
+        )
+        cmd = [sys.executable, str(code / "train.py")]
+        status_r = status_w = None
+        if mode != "none":
+            status_r, status_w = os.pipe()
+            caches = [home / c for c in PROTOCOL_CACHES if (home / c).is_dir()]
+            cmd = launcher(
+                cmd,
+                mode=mode,
+                device=device,
+                code_dir=code,
+                scratch=work,
+                owned=(work,),
+                status_fd=status_w,
+                read_only=caches,
+            )
         proc = subprocess.Popen(
-            [sys.executable, "train.py"],
-            cwd=repo,
+            cmd,
+            cwd=work,
             env=env,
             stdout=logf,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=sandbox.child_limits(),
+            preexec_fn=_sandbox.child_limits(),
+            pass_fds=(status_w,) if status_w is not None else (),
         )
-        reason = sandbox.watch(
-            proc, started=t_start, hard_timeout=timeout, cancelled=cancelled, interval=0.1
+        failed = ""
+        if status_w is not None:
+            os.close(status_w)
+            failed = read_status(status_r)
+        reason = (
+            ""
+            if failed
+            else _sandbox.watch(
+                proc, started=t_start, hard_timeout=timeout, cancelled=cancelled, interval=0.1
+            )
         )
-        sandbox.kill_tree(proc, spare)
+        _sandbox.kill_tree(proc, spare)
     common = dict(
         log_path=str(log_path),
         started=started,
@@ -123,14 +267,27 @@ def run_autoresearch_protocol(
         total_seconds=round(time.monotonic() - t_start, 2),
         self_reported=True,
         node=os.uname().nodename,
+        confinement=mode,
     )
+    if failed:
+        return TrialResult(status="lost", error=failed, **common)
     if reason:
         status = "lost" if reason == "cancelled" else "timeout"
         return TrialResult(status=status, error=f"killed: {reason}", **common)
-    summary = parse_summary(sandbox.tail(log_path, 20000))
+    text = _sandbox.tail(log_path, 200_000)
+    summary = parse_summary(text)
+    reported = len(re.findall(r"^val_bpb:", text, re.M))
     if proc.returncode != 0 or "val_bpb" not in summary:
         return TrialResult(
-            status="crash", error=f"exit code {proc.returncode}\n{sandbox.tail(log_path)}", **common
+            status="crash",
+            error=f"exit code {proc.returncode}\n{_sandbox.tail(log_path)}",
+            **common,
+        )
+    if reported > 1:  # which one is the measurement? the protocol prints one summary
+        return TrialResult(
+            status="crash",
+            error=f"train.py printed {reported} val_bpb lines; the protocol prints one summary",
+            **common,
         )
 
     def get(k):
@@ -145,5 +302,5 @@ def run_autoresearch_protocol(
         num_params_M=get("num_params_M"),
         peak_vram_mb=get("peak_vram_mb"),
         mfu=get("mfu_percent"),
-        **{**common, "total_seconds": common["total_seconds"]},
+        **common,
     )

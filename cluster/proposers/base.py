@@ -25,6 +25,7 @@ class ProposalContext:
     noise: float | None = None  # std of incumbent val_bpb replicates; None before measured
     round: int = 0
     island: int = 0
+    protocol: str = "referee"  # "autoresearch": train.py's contract with prepare.py is checked
 
 
 class Proposer(Protocol):
