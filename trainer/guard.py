@@ -199,6 +199,12 @@ def _protocol_node(node: ast.AST, mods: set[str], protected: set[str]) -> list[s
         if isinstance(node, ast.ImportFrom) and node.module == PROTOCOL_MODULE:
             if any(a.name == "*" for a in node.names):
                 out.append(f"line {line}: `from {PROTOCOL_MODULE} import *`; import names")
+            for a in node.names:  # `import make_dataloader as evaluate_bpb` swaps the evaluator
+                if a.asname and a.asname != a.name:
+                    out.append(
+                        f"line {line}: imports {a.name} as {a.asname}; import the protocol's "
+                        "names under their own names"
+                    )
         else:
             for a in node.names:
                 local = a.asname or a.name.split(".")[0]
