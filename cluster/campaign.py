@@ -30,7 +30,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
 )
 from cluster.gate import Gate
 from cluster.gitops import GitError
-from cluster.ledger import Ledger, atomic_json
+from cluster.ledger import Ledger, append_spend, atomic_json, read_spend, spend_totals
 from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal, TrialResult, TrialSpec
@@ -65,8 +65,10 @@ class Campaign:
 
             raise CampaignError(f"--budget {protocol_fixes(self.repo or Path('.'), '--budget')}")
         self.files = None
+        self.created = False
         if ledger is None:
             self.files = RunDir((cfg.runs_dir or self.repo / "runs") / cfg.tag)
+            self.created = not self.files.path.exists()  # a failed start removes what it made
             self.files.path.mkdir(parents=True, exist_ok=True)
         self.run_dir = self.files.path if self.files else None
         self.ledger = ledger or Ledger(self.run_dir)
@@ -197,7 +199,13 @@ class Campaign:
                     "created": time.time(),
                 }
             )
-        self.ledger.write_config({**(self.ledger.read_config() or {}), "workers": workers})
+        self.ledger.write_config(
+            {
+                **(self.ledger.read_config() or {}),
+                "workers": workers,
+                "max_llm_cost": self.cfg.llm.max_cost,  # this driver's cap (status shows it)
+            }
+        )
         if not self.git.rev_parse(self.main_branch):
             self.git.set_ref(f"refs/heads/{self.main_branch}", self.base_sha)
         names = branches(self.cfg.tag, lines)
@@ -405,6 +413,22 @@ class Campaign:
         if not self.files:
             return {}
         return resume.pending(self.files.proposals, self.source, self.cfg.trial.target)
+
+    def record_bill(self, entry: dict) -> None:
+        """A billed LLM answer, into runs/TAG/llm_calls.jsonl (the campaign's spend)."""
+        if self.files:
+            entry = {"time": round(time.time(), 3), "round": self.round, **entry}
+            append_spend(self.files.llm_calls, entry)
+
+    def llm_spent(self) -> float:
+        """What this campaign's LLM answers cost so far, over every driver that ran it (a
+        ledger from before the spend log: its rows' costs)."""
+        if not self.files:
+            return 0.0
+        entries = read_spend(self.files.llm_calls)
+        if entries:
+            return spend_totals(entries)["total_cost"]
+        return sum(float(r.get("cost") or 0.0) for r in self.rows)
 
     def write_lines(self, state: list[dict]) -> None:
         if self.files:

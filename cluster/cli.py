@@ -179,9 +179,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_campaign(CampaignConfig.from_args(args))
-    except (CampaignError, GitError, ResourceError, ValueError) as e:
+    except (CampaignError, GitError, ResourceError, ValueError) as e:  # CredentialsError too
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown, or one before Ray started
+        print("interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
@@ -339,7 +342,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="append", help="litellm model for --proposer llm (repeat to mix models)"
     )
     p.add_argument("--api-base", default=None, help="OpenAI-compatible endpoint for the model")
-    p.add_argument("--max-llm-cost", type=float, default=None, help="stop proposing at $X")
+    p.add_argument(
+        "--max-llm-cost",
+        type=float,
+        default=None,
+        help="stop proposing at $X spent (counted over resumes); the campaign then ends",
+    )
+    p.add_argument(
+        "--llm-price",
+        action="append",
+        metavar="MODEL=IN,OUT",
+        help="$ per million prompt,completion tokens for a model litellm does not price "
+        "(needed for --max-llm-cost with such a model)",
+    )
     p.add_argument("--llm-timeout", type=float, default=120.0, help="seconds per LLM call")
     p.set_defaults(func=cmd_run)
 

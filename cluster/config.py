@@ -40,6 +40,26 @@ def _workers(v):
     return None if v in (None, "auto") else v
 
 
+def parse_prices(items) -> dict[str, tuple[float, float]]:
+    """--llm-price MODEL=IN,OUT (repeatable), or such a dict already."""
+    if isinstance(items, dict):
+        return dict(items)
+    out = {}
+    for item in items or []:
+        model, _, pair = item.rpartition("=")
+        try:
+            prompt, completion = (float(x) for x in pair.split(","))
+        except ValueError:
+            raise CampaignError(
+                f"--llm-price {item!r}: use MODEL=IN,OUT, $ per million prompt and completion "
+                "tokens, e.g. openai/my-model=3,15"
+            ) from None
+        if not model:
+            raise CampaignError(f"--llm-price {item!r} names no model (MODEL=IN,OUT)")
+        out[model] = (prompt, completion)
+    return out
+
+
 @dataclass
 class TrialSettings:
     """What one trial is; the referee runs every trial of a campaign with these."""
@@ -92,6 +112,9 @@ class LLMSettings:
     api_base: str | None = None
     max_cost: float | None = _flag("max_llm_cost", default=None)
     timeout: float = _flag("llm_timeout", default=120.0)
+    prices: dict[str, tuple[float, float]] = _flag(
+        "llm_price", conv=lambda v: parse_prices(v), default_factory=dict
+    )  # model -> ($ per 1M prompt tokens, $ per 1M completion tokens)
     program: Path | None = None  # research program shown to the model (default: program.md)
 
 

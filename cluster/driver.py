@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import statistics
 
 import ray
@@ -66,13 +67,43 @@ def resolve(cfg: CampaignConfig) -> dict:
 
 def run_campaign(cfg: CampaignConfig) -> Campaign:
     camp = Campaign(cfg)
-    with hold_campaign(camp.files.driver_lock, cfg.tag):  # one driver per tag
-        _run(camp, cfg)
+    try:
+        with hold_campaign(camp.files.driver_lock, cfg.tag):  # one driver per tag
+            _run(camp, cfg)
+    except BaseException:
+        if camp.created and not camp.files.ledger.exists() and not camp.files.llm_calls.exists():
+            shutil.rmtree(camp.files.path, ignore_errors=True)  # a failed start leaves nothing
+        raise
     return camp
+
+
+def prepare_llm(camp: Campaign, proposers) -> None:
+    """The llm proposer's spend carries over resumes, its bills go to runs/TAG/llm_calls.jsonl
+    and its notices to the console; a cap it cannot apply is refused, and one cheap call
+    checks that the server answers, all before Ray starts."""
+    for p, _ in proposers:
+        if p.name != "llm":
+            continue
+        if p.max_cost is not None and p.unpriced():
+            raise CampaignError(
+                f"--max-llm-cost cannot apply: litellm has no price for "
+                f"{', '.join(p.unpriced())}, so every call would count $0. Give its prices with "
+                "--llm-price MODEL=IN,OUT ($ per million prompt and completion tokens), or "
+                "drop --max-llm-cost to run without a cap"
+            )
+        p.total_cost = camp.llm_spent()
+        p.on_bill, p.say = camp.record_bill, camp.say
+        if p.exhausted:
+            raise CampaignError(
+                f"{p.cap_text()} (this campaign's earlier runs spent it); raise --max-llm-cost "
+                "to go on"
+            )
+        p.preflight()
 
 
 def _run(camp: Campaign, cfg: CampaignConfig) -> None:
     proposers = build_proposers(cfg, camp.repo)  # before Ray: a missing API key fails fast
+    prepare_llm(camp, proposers)
     connect(cfg.cluster.address)
     plan = resolve(cfg)
     if cfg.trial.protocol == "autoresearch":  # the repo's budget, not ours (--budget refused)

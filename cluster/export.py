@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import pandas as pd
 
-from cluster.ledger import Ledger
+from cluster.ledger import Ledger, spend_totals
 from cluster.rows import FAILED, FIELDS, Kind, field_types
 
 
@@ -100,10 +100,29 @@ def render_results(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "json":
         return df.to_json(orient="records", lines=True, double_precision=15)
     if fmt == "md":
-        return markdown_table(df, (*MD_COLUMNS, "proposer", "description")) + _self_reported(df)
+        df = with_reason(df)
+        cols = (*MD_COLUMNS, "proposer", "description", "reason")
+        return markdown_table(df, cols) + _self_reported(df)
     if fmt == "table":
-        return text_table(df, (*TABLE_COLUMNS, "description")) + _self_reported(df)
+        table = text_table(with_reason(df), (*TABLE_COLUMNS, "description", "reason"))
+        return table + _self_reported(df)
     raise ValueError(f"{fmt!r} is not a text format; use one of csv, tsv, json, md, table")
+
+
+def with_reason(df: pd.DataFrame) -> pd.DataFrame:
+    """A `reason` column for the tables: why a row failed or was rejected (the last line of
+    its error: the exception, the guard's verdict, the kill), "-" for the others."""
+
+    def reason(row: pd.Series) -> str | None:
+        error = row.get("error")
+        if row.get("status") not in (*FAILED, "lost") or not isinstance(error, str):
+            return None
+        lines = [x.strip() for x in error.strip().splitlines() if x.strip()]
+        return lines[-1] if lines else None
+
+    if df.empty:
+        return df.assign(reason=pd.Series(dtype="string"))
+    return df.assign(reason=df.apply(reason, axis=1).astype("string"))
 
 
 def read_results(path: Path | str) -> pd.DataFrame:
@@ -149,7 +168,9 @@ def markdown_table(df: pd.DataFrame, columns: tuple[str, ...]) -> str:
     return table.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
 
 
-def campaign_summary(rows: list[dict[str, Any]], workers: int | None = None) -> dict[str, Any]:
+def campaign_summary(
+    rows: list[dict[str, Any]], workers: int | None = None, spend: list[dict] | None = None
+) -> dict[str, Any]:
     """Counts, best result, incumbent path, cost and busy fraction of a campaign's rows.
 
     busy_fraction = sum(total_seconds) / (workers x wall-clock), wall-clock running from the
@@ -180,9 +201,19 @@ def campaign_summary(rows: list[dict[str, Any]], workers: int | None = None) -> 
             for r in merged
         ],
         "noise": _noise(rows, baselines),
-        "total_cost": sum(r.get("cost") or 0.0 for r in rows),
-        "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in rows),
-        "completion_tokens": sum(r.get("completion_tokens") or 0 for r in rows),
+        # What the provider billed: llm_calls.jsonl (every answer, whatever became of it);
+        # a campaign from before that log has only its rows' share.
+        **(
+            spend_totals(spend)
+            if spend
+            else {
+                "total_cost": sum(r.get("cost") or 0.0 for r in rows),
+                "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in rows),
+                "completion_tokens": sum(r.get("completion_tokens") or 0 for r in rows),
+                "answers": None,
+            }
+        ),
+        "llm_rows": sum(1 for r in rows if r.get("proposer") == "llm"),
         "workers": workers,
         "wall_seconds": wall,
         "busy_seconds": busy,

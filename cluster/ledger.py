@@ -276,3 +276,43 @@ def _atomic_write(path: Path, text: str, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_SPEND_LOCK = threading.Lock()
+
+
+def append_spend(path: Path, entry: dict[str, Any]) -> None:
+    """One billed LLM answer, appended (flushed and fsynced: it is money)."""
+    line = json.dumps(entry, allow_nan=False, ensure_ascii=False) + "\n"
+    with _SPEND_LOCK:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            if path.stat().st_size and _ends_torn(path):
+                f.write(b"\n")
+            f.write(line.encode())
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_spend(path: Path) -> list[dict[str, Any]]:
+    """The billed answers of llm_calls.jsonl ([] if none); a torn line is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def spend_totals(entries: list[dict[str, Any]]) -> dict[str, float]:
+    return {
+        "total_cost": sum(float(e.get("cost") or 0.0) for e in entries),
+        "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),
+        "completion_tokens": sum(int(e.get("completion_tokens") or 0) for e in entries),
+        "answers": len(entries),
+    }

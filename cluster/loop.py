@@ -219,7 +219,7 @@ class Driver:
                     break
                 self.submit(spec)
             self.check_alive()
-            if not ex.busy() and strategy.done(self.view):
+            if not ex.busy() and (strategy.done(self.view) or self.out_of_proposals()):
                 break
             self.note_in_flight()
             self.collect(1.0 if ex.idle() else 5.0)
@@ -230,6 +230,16 @@ class Driver:
         self.camp.journal()
         self.running[spec.trial_id] = spec
         self.executor.submit(spec)
+
+    def out_of_proposals(self) -> bool:
+        """Every proposer is at its spend cap, nothing proposed is left to run and nothing is
+        queued: the campaign ends (running trials have finished), saying why."""
+        p = self.pipeline
+        if not p.exhausted() or self.view.queued() or any(p.ready.values()):
+            return False
+        caps = [q.cap_text() for q, _ in p.proposers if hasattr(q, "cap_text")]
+        self.camp.say(f"{'; '.join(caps) or 'proposers exhausted'}: the campaign ends")
+        return True
 
     def check_alive(self) -> None:
         """Queued work with no worker idle, busy or coming back can never run."""

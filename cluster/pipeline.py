@@ -158,14 +158,21 @@ class ProposalPipeline:
         lines = [i for i in self.ctx if len(self.ready[i]) < self.share()]
         return min(lines, key=lambda i: (len(self.ready[i]), i)) if lines else None
 
-    def _pick(self) -> Proposer:
-        total = sum(w for _, w in self.proposers)
+    def exhausted(self) -> bool:
+        """Every proposer is out of budget (an LLM at its spend cap): none will propose."""
+        return all(getattr(p, "exhausted", False) for p, _ in self.proposers)
+
+    def _pick(self) -> Proposer | None:
+        live = [(p, w) for p, w in self.proposers if not getattr(p, "exhausted", False)]
+        if not live:
+            return None
+        total = sum(w for _, w in live)
         x = self.rng.uniform(0, total)
-        for p, w in self.proposers:
+        for p, w in live:
             x -= w
             if x <= 0:
                 return p
-        return self.proposers[-1][0]
+        return live[-1][0]
 
     def _fill(self, line: int, want: int) -> tuple[bool, int]:
         """One proposer call for `line`: (it returned anything, proposals queued)."""
@@ -174,6 +181,8 @@ class ProposalPipeline:
             ctx = replace(base, history=list(base.history), in_flight=list(self.in_flight_text))
             ctx.in_flight += [p.description for p in self.ready[line]]
         proposer = self._pick()
+        if proposer is None:
+            return False, 0
         try:
             got = proposer.propose(ctx, want)
         except Exception as e:  # a proposer bug must not stop the campaign
@@ -229,7 +238,9 @@ class ProposalPipeline:
         while True:
             with self.cond:
                 while not self.stopped and (
-                    self._hungry() is None or time.monotonic() < self.paused_until
+                    self._hungry() is None
+                    or time.monotonic() < self.paused_until
+                    or self.exhausted()
                 ):
                     left = self.paused_until - time.monotonic()
                     self.cond.wait(left if left > 0 else None)

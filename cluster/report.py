@@ -27,7 +27,7 @@ from cluster.export import (
     markdown_table,
     trials_frame,
 )
-from cluster.ledger import Ledger
+from cluster.ledger import Ledger, read_spend
 from cluster.rows import FAILED, Kind
 from cluster.rundir import RunDir
 
@@ -59,7 +59,8 @@ def make_report(
     fig = progress_figure(rows, title=f"{tag}: {_plot_title(rows)}")
     fig.savefig(png, dpi=130, bbox_inches="tight")
     md = files.report_md
-    md.write_text(report_markdown(rows, tag, workers, png.name), encoding="utf-8")
+    spend = read_spend(files.llm_calls)
+    md.write_text(report_markdown(rows, tag, workers, png.name, spend), encoding="utf-8")
     return png, md
 
 
@@ -206,10 +207,14 @@ def progress_figure(rows: list[dict[str, Any]], title: str = "") -> Figure:
 
 
 def report_markdown(
-    rows: list[dict[str, Any]], tag: str, workers: int | None = None, png: str = "progress.png"
+    rows: list[dict[str, Any]],
+    tag: str,
+    workers: int | None = None,
+    png: str = "progress.png",
+    spend: list[dict] | None = None,
 ) -> str:
-    """The text of report.md."""
-    s = campaign_summary(rows, workers)
+    """The text of report.md; `spend`: llm_calls.jsonl's billed answers."""
+    s = campaign_summary(rows, workers, spend)
     df = trials_frame(rows)
     out = [f"# Campaign `{tag}`", "", f"![progress]({png})", ""]
     counts = ", ".join(f"{k} {v}" for k, v in s["by_status"].items())
@@ -230,7 +235,13 @@ def report_markdown(
         out.append(f"- **Metric:** {SELF_REPORTED.removeprefix('* ')}")
     out.append(
         f"- **LLM cost:** ${s['total_cost']:.4f} ({s['prompt_tokens']} prompt + "
-        f"{s['completion_tokens']} completion tokens)"
+        f"{s['completion_tokens']} completion tokens"
+        + (
+            f"; {s['answers']} answers billed, {s['llm_rows']} of them in the ledger as "
+            "trials or rejected proposals, the rest pending, dropped or checks)"
+            if s["answers"]
+            else ")"
+        )
     )
     if s["wall_seconds"] is not None:
         busy = f"- **Wall clock:** {_duration(s['wall_seconds'])}"

@@ -49,6 +49,12 @@ class RunDir:
         return self.path / "proposals.json"
 
     @property
+    def llm_calls(self) -> Path:
+        """One JSON line per LLM answer the provider billed, whatever became of it: the
+        campaign's spend (report, status, --max-llm-cost over resumes) is summed from here."""
+        return self.path / "llm_calls.jsonl"
+
+    @property
     def islands(self) -> Path:
         """Population: each island's head, mean, runs and merges now."""
         return self.path / "islands.json"

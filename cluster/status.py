@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cluster.export import campaign_summary
 from cluster.gate import Gate
-from cluster.ledger import Ledger
+from cluster.ledger import Ledger, read_spend
 from cluster.rundir import RunDir
 
 
@@ -26,7 +26,9 @@ def status_text(run_dir: Path, tag: str) -> str:
     queued = len(journaled) - len(running)  # async: follow-ups waiting for a worker
     workers = config.get("workers", "?")
     ready = config.get("workers_ready", workers)  # fewer when some wait for resources
-    s = campaign_summary(rows, workers=ready if isinstance(ready, int) else None)
+    s = campaign_summary(
+        rows, workers=ready if isinstance(ready, int) else None, spend=read_spend(files.llm_calls)
+    )
     merged = [r for r in rows if r.get("merged")]
     inc_sha = merged[-1]["commit_sha"] if merged else config.get("base_sha", "")
     islands = files.islands
@@ -71,7 +73,12 @@ def status_text(run_dir: Path, tag: str) -> str:
     if s["busy_fraction"] is not None:
         lines.append(f"busy       {s['busy_fraction']:.0%} of worker time running trials")
     if s["total_cost"]:
-        lines.append(f"llm cost   ${s['total_cost']:.2f}")
+        cap = config.get("max_llm_cost")
+        lines.append(
+            f"llm cost   ${s['total_cost']:.4f}"
+            + (f" of --max-llm-cost ${cap:g}" if cap is not None else "")
+            + (f" ({s['answers']} answers billed)" if s["answers"] else "")
+        )
     if config.get("device_kind") == "cpu":
         lines.append(
             "note       CPU trials share each machine's cores (threads split between "

@@ -97,6 +97,7 @@ class Reply:
     delay: float = 0.0
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    retry_after: float | None = None  # an error's Retry-After header, in seconds
 
 
 Script = str | int | Reply
@@ -117,6 +118,8 @@ class FakeLLM:
         self.script = [_as_reply(e) for e in script or []]
         self.default = _as_reply(default) if default is not None else Reply(status=500)
         self.requests: list[dict[str, Any]] = []
+        self.times: list[float] = []  # when each request arrived (time.monotonic)
+        self.billed = {"prompt_tokens": 0, "completion_tokens": 0, "answers": 0}  # 200s sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -149,8 +152,13 @@ class FakeLLM:
         return ["\n".join(m.get("content", "") for m in b.get("messages", [])) for b in bodies]
 
     def _next_reply(self, request: dict[str, Any]) -> Reply:
+        """The script's next entry; a one-token preflight ping (the driver's check that the
+        server answers) is answered "OK" without using the script."""
         with self._lock:
             self.requests.append(request)
+            self.times.append(time.monotonic())
+            if request["body"].get("max_tokens") == 1:
+                return Reply(content="OK")
             return self.script.pop(0) if self.script else self.default
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
@@ -173,7 +181,8 @@ class FakeLLM:
                     reply = Reply(status=404)
                 if reply.status != 200:
                     error = {"message": f"fake error {reply.status}", "type": "fake", "code": None}
-                    self._send(reply.status, {"error": error})
+                    extra = {"Retry-After": f"{reply.retry_after:g}"} if reply.retry_after else {}
+                    self._send(reply.status, {"error": error}, extra)
                     return
                 prompt = "".join(m.get("content", "") for m in body.get("messages", []))
                 pt = reply.prompt_tokens
@@ -183,6 +192,10 @@ class FakeLLM:
                     "completion_tokens": ct if ct is not None else max(1, len(reply.content) // 4),
                 }
                 usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+                with fake._lock:
+                    fake.billed["prompt_tokens"] += usage["prompt_tokens"]
+                    fake.billed["completion_tokens"] += usage["completion_tokens"]
+                    fake.billed["answers"] += 1
                 message = {"role": "assistant", "content": reply.content}
                 self._send(
                     200,
@@ -196,10 +209,12 @@ class FakeLLM:
                     },
                 )
 
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
+            def _send(self, status: int, payload: dict[str, Any], headers=None) -> None:
                 data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -27,6 +27,7 @@ from cluster.export import (
     load_results,
     markdown_table,
     read_results,
+    render_results,
     trials_frame,
     write_results,
 )
@@ -310,9 +311,24 @@ def test_table_is_compact_and_top_limits_rows(run_dir):
         "gain",
         "proposer",
         "description",
+        "reason",
     ]
-    assert long not in lines[1] and lines[1].endswith("...")
+    assert long not in lines[1] and "x..." in lines[1]
     assert "+0.003446" in lines[1]
+
+
+def test_the_tables_say_why_a_row_failed(run_dir):
+    """results shows the reason of a crash, kill or rejection (the ledger's error), not only
+    its status; rows that ran have none."""
+    df = load_results(run_dir)
+    for fmt in ("table", "md"):
+        text = render_results(df, fmt)
+        crash = next(line for line in text.splitlines() if " r1-c1 " in line)
+        assert "torch.OutOfMemoryError: CUDA out of memory." in crash
+        rejected = next(line for line in text.splitlines() if " r2-c3 " in line)
+        assert "patch touches trainer/prepare.py" in rejected
+        best = next(line for line in text.splitlines() if " r3-c0 " in line)
+        assert best.rstrip(" |").endswith("-")
 
 
 def test_markdown_falls_back_to_a_plain_pipe_table_without_tabulate(run_dir, monkeypatch):

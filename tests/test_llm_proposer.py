@@ -55,7 +55,7 @@ def history() -> list[dict]:
         {**base, "val_bpb": 1.500},
         {**base, "val_bpb": 1.510},
         {"kind": "candidate", "status": "keep", "parent_sha": "aaa", "commit_sha": "c0ffee1234",
-         "val_bpb": 1.450, "description": "use RMSNorm before attention"},
+         "val_bpb": 1.450, "description": "use RMSNorm before attention", "merged": True},
         {"kind": "candidate", "status": "discard", "parent_sha": "c0ffee1234", "commit_sha": "d1",
          "val_bpb": 1.452, "description": "GELU instead of ReLU"},
         {"kind": "candidate", "status": "crash", "parent_sha": "c0ffee1234", "commit_sha": "d2",
@@ -100,6 +100,31 @@ def test_prompt_holds_program_source_history_noise_failures_in_flight_and_format
     assert "invalid: tweak warmup -- SEARCH block 1 not found" in prompt
     assert "- wider MLP (ratio 6)" in prompt.split("## In flight now")[1]
     assert "<<<<<<< SEARCH" in prompt.split("## Answer format")[1]
+
+
+def test_the_digest_counts_a_merge_by_its_confirmation_and_leaves_out_transport_noise():
+    """Rounds merge through a confirm row; the candidate row of that commit says discard.
+    The digest calls it merged (with its measured gain), never a discard; a request the
+    provider never answered is not the model's mistake; replicates in flight show nothing."""
+    base = {"kind": "baseline", "status": "keep", "parent_sha": "aaa", "commit_sha": "aaa"}
+    rows = [
+        {**base, "val_bpb": 1.500},
+        {**base, "val_bpb": 1.510},
+        {"kind": "candidate", "status": "discard", "parent_sha": "aaa", "commit_sha": "win",
+         "val_bpb": 1.440, "description": "raise the matrix LR 5x"},
+        {"kind": "confirm", "status": "keep", "parent_sha": "aaa", "commit_sha": "win",
+         "val_bpb": 1.446, "description": "raise the matrix LR 5x", "merged": True},
+        {"kind": "candidate", "status": "invalid", "parent_sha": "win", "commit_sha": "",
+         "description": "(no answer from the model)",
+         "error": "openai/fake-model failed 5 times: InternalServerError: fake error 500"},
+    ]  # fmt: skip
+    prompt = build_prompt(make_ctx(history=rows, in_flight=["", "", "lower warmup"], noise=0.006))
+    digest = prompt.split("## Where the campaign stands")[1].split("## In flight")[0]
+    assert "(1 merged, 0 discarded, 0 failed or rejected)" in digest
+    assert "raise the matrix LR 5x: 1.5050 -> 1.4430" in digest.split("### Merged changes")[1]
+    assert "Recent discards" not in digest and "InternalServerError" not in digest
+    flying = prompt.split("## In flight now")[1].split("##")[0]
+    assert [x for x in flying.splitlines() if x.startswith("-")] == ["- lower warmup"]
 
 
 def test_prompt_stays_bounded_with_a_long_history():

@@ -48,6 +48,7 @@ def build_proposers(cfg, repo: Path) -> list:
                 models=[(m, 1.0) for m in cfg.llm.models],
                 api_base=cfg.llm.api_base,
                 max_cost=cfg.llm.max_cost,
+                price_table=cfg.llm.prices,
                 seed=cfg.search.seed,
                 timeout=cfg.llm.timeout,
                 program=Path(program_path).read_text() if Path(program_path).exists() else "",

@@ -29,6 +29,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map fe
 
 import litellm  # noqa: E402
 
+from cluster.config import CampaignError  # noqa: E402
 from cluster.patches import make_patch  # noqa: E402
 from cluster.proposers.base import ProposalContext  # noqa: E402
 from cluster.proposers.edits import ParseError, describe, parse_answer  # noqa: E402
@@ -53,6 +54,7 @@ GATE_SIGMAS = 2.0  # gains under this many noise std read as luck (the merge gat
 MAX_KEPT, MAX_DISCARDS, MAX_FAILURE_TAILS, MAX_FAILURE_LINES, MAX_IN_FLIGHT = 12, 12, 3, 8, 24
 MAX_DESCRIPTION, MAX_ERROR_TAIL = 160, 1200  # characters
 MAX_CONCURRENT = 16
+UNUSABLE_NOTICE = 5  # say so on the console after this many unusable answers in a row
 FAILED = ("crash", "timeout", "invalid")
 # With an api_base these serve a self-hosted model that may need no key at all.
 KEYLESS_WITH_BASE = ("openai", "hosted_vllm", "ollama", "ollama_chat", "openai_like")
@@ -81,7 +83,7 @@ lines to be unique, never the whole file. Blocks apply in order. One idea per an
 {target} only, and nothing after the last block."""
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(CampaignError):
     """A model cannot be called: its API key (or server address) is not configured."""
 
 
@@ -97,8 +99,9 @@ def build_prompt(
         f"{fence}python\n{source}{fence}",
         history_digest(ctx),
     ]
-    if ctx.in_flight:
-        shown = ctx.in_flight[-MAX_IN_FLIGHT:]
+    flying = [d for d in ctx.in_flight if d and d.strip()]  # replicates have no description
+    if flying:
+        shown = flying[-MAX_IN_FLIGHT:]
         parts.append(
             "## In flight now on other GPUs (propose something different from each)\n"
             + "\n".join(f"- {_clip(d)}" for d in shown)
@@ -144,13 +147,21 @@ def history_digest(ctx: ProposalContext) -> str:
         )
     else:
         lines.append("Noise: not measured yet; treat gains under about 0.5% of val_bpb as luck.")
-    candidates = [r for r in rows if r.get("kind", "candidate") == "candidate"]
-    kept = [r for r in candidates if r.get("status") == "keep"]
-    discards = [r for r in candidates if r.get("status") == "discard"]
+    # Kept means merged, whatever row carried the merge (in rounds, a confirmation); the
+    # candidate row of a merged commit is not a discard. A request the provider never
+    # answered is transport noise, not a mistake of the model's: it is left out.
+    kept = [r for r in rows if r.get("merged")]
+    merged = {r.get("commit_sha") for r in kept}
+    candidates = [
+        r for r in rows if r.get("kind", "candidate") == "candidate" and not _transport(r)
+    ]
+    discards = [
+        r for r in candidates if r.get("status") == "discard" and r.get("commit_sha") not in merged
+    ]
     failures = [r for r in candidates if r.get("status") in FAILED]
     lines.append(
-        f"Candidates so far: {len(candidates)} ({len(kept)} kept, {len(discards)} discarded, "
-        f"{len(failures)} failed)."
+        f"Changes tried so far: {len(candidates)} ({len(kept)} merged, {len(discards)} "
+        f"discarded, {len(failures)} failed or rejected)."
     )
 
     def scored(row: dict[str, Any]) -> tuple[float | None, float | None, float | None]:
@@ -170,7 +181,7 @@ def history_digest(ctx: ProposalContext) -> str:
 
     if kept:
         best = sorted(kept, key=lambda r: -(scored(r)[2] or 0.0))[:MAX_KEPT]
-        lines += ["", "### Kept changes, largest gain first (gain = parent - child)"]
+        lines += ["", "### Merged changes, largest gain first (gain = parent - child)"]
         lines += [line(r) for r in best]
     if discards:
         lines += ["", "### Recent discards, newest first (no real gain; do not retry as is)"]
@@ -186,6 +197,15 @@ def history_digest(ctx: ProposalContext) -> str:
                 last = error.splitlines()[-1] if error else ""
                 lines.append(head + (f" -- {_clip(last, 400)}" if last else ""))
     return "\n".join(lines)
+
+
+NO_ANSWER = "(no answer from the model)"
+CAP_REACHED = "(not asked: spend cap reached)"
+
+
+def _transport(row: dict[str, Any]) -> bool:
+    """A row for a request that got no answer (provider down, timeouts, the spend cap)."""
+    return row.get("description") in (NO_ANSWER, CAP_REACHED)
 
 
 def _clip(text: Any, limit: int = MAX_DESCRIPTION) -> str:
@@ -208,12 +228,34 @@ def _brief(exc: BaseException | None) -> str:
     return f"{name}: {text[:300]}"
 
 
+def retry_after(exc: BaseException) -> float:
+    """The seconds a provider's Retry-After header asks for (0.0 if it sent none)."""
+    headers = getattr(exc, "litellm_response_headers", None)
+    response = getattr(exc, "response", None)
+    if headers is None and response is not None:
+        headers = getattr(response, "headers", None)
+    try:
+        value = headers.get("retry-after") if headers is not None else None
+        return max(0.0, float(value)) if value is not None else 0.0
+    except (TypeError, ValueError, AttributeError):
+        return 0.0  # an HTTP date, or no headers: the exponential backoff applies
+
+
+def _where(exc: BaseException, api_base: str | None) -> str:
+    """A 404 names the URL asked, so a wrong --api-base is visible."""
+    if getattr(exc, "status_code", None) == 404 and api_base:
+        return f" (asked {api_base.rstrip('/')}/chat/completions: check --api-base)"
+    return ""
+
+
 class LLMProposer:
     """Proposer whose edits come from language models mixed by weight (any litellm model)."""
 
     name = "llm"
     retry_base_delay = 2.0  # seconds before the first retry; doubles each retry (tests: small)
     retry_max_delay = 60.0
+    backoff_base = 2.0  # seconds a model waits after an unusable answer; doubles (tests: small)
+    backoff_max = 300.0
 
     def __init__(
         self,
@@ -241,16 +283,64 @@ class LLMProposer:
         self.max_retries = max_retries
         self.price_table = dict(price_table or {})
         self.program = program
-        self.total_cost = 0.0
+        self.total_cost = 0.0  # a resumed campaign starts it at what its ledger says was spent
         self.last_prompt = ""
+        self.on_bill = None  # called with each billed answer's {model, tokens, cost, ...}
+        self.say = None  # the console, for backoff notices (the driver sets it)
         self._rng = random.Random(seed)
         self._jitter = random.Random(seed + 1)
         self._lock = threading.Lock()
+        self._unusable: dict[str, int] = {}  # model -> unusable answers or failures in a row
+        self._cool: dict[str, float] = {}  # model -> monotonic time before which it is not asked
 
     @property
     def exhausted(self) -> bool:
         """True once the spend cap is reached: no more requests."""
         return self.max_cost is not None and self.total_cost >= self.max_cost
+
+    def cap_text(self) -> str:
+        return (
+            f"LLM spend cap reached: ${self.total_cost:.4f} spent of --max-llm-cost "
+            f"${self.max_cost:g}"
+        )
+
+    def unpriced(self) -> list[str]:
+        """The models whose calls would cost 0.0 here (litellm has no price for them and the
+        price table none): a spend cap cannot apply to those."""
+        out = []
+        for model, _ in self.models:
+            if self.price_table.get(model) or self.price_table.get(model.split("/", 1)[-1]):
+                continue
+            try:
+                info = litellm.get_model_info(model)
+            except Exception:  # litellm raises for a model it does not know
+                info = {}
+            if not (info.get("input_cost_per_token") or info.get("output_cost_per_token")):
+                out.append(model)
+        return out
+
+    def preflight(self) -> None:
+        """One one-token request per model before any GPU time: an unreachable server, a
+        wrong --api-base or a refused key is a clear error now, not silence for an hour."""
+        where = f" at {self.api_base}" if self.api_base else ""
+        for model, _ in self.models:
+            kwargs = self._kwargs(model, 0.0, "Reply with OK.")
+            kwargs.update(max_tokens=1, timeout=min(self.timeout, 30.0))
+            try:
+                response = litellm.completion(**kwargs)
+            except Exception as exc:
+                code = getattr(exc, "status_code", None)
+                hint = ""
+                if code == 404:
+                    hint = " (check --api-base, which usually ends in /v1, and the model name)"
+                elif code in (401, 403):
+                    hint = " (the provider refused the key)"
+                elif isinstance(exc, litellm.APIConnectionError | litellm.Timeout):
+                    hint = " (is the server running, and is the URL right?)"
+                raise CredentialsError(
+                    f"the LLM {model}{where} does not answer: {_brief(exc)}{hint}"
+                ) from None
+            self._bill(model, response, "preflight check")
 
     def check_credentials(self) -> None:
         """Raise CredentialsError naming what is missing for any model; call before GPU work."""
@@ -296,7 +386,8 @@ class LLMProposer:
             jobs.append((model, self._temperature(slot, n), prompt))
         self.last_prompt = jobs[-1][2]
         with ThreadPoolExecutor(max_workers=min(n, MAX_CONCURRENT)) as pool:
-            return list(pool.map(lambda job: self._propose_one(ctx, *job), jobs))
+            out = list(pool.map(lambda job: self._propose_one(ctx, *job), jobs))
+        return [p for p in out if p.description != CAP_REACHED]  # never asked: not a row
 
     def _temperature(self, slot: int, n: int) -> float:
         if n == 1:
@@ -310,19 +401,20 @@ class LLMProposer:
         proposal = Proposal(
             parent_sha=ctx.incumbent_sha, patch="", description="", proposer=self.name, model=model
         )
+        self._wait_cool(model)
+        if self.exhausted:  # the cap was reached while this request waited
+            proposal.description = CAP_REACHED
+            proposal.error = self.cap_text()
+            return proposal
         response, error = self._complete(model, temperature, prompt)
         if response is None:
-            proposal.description = "(no answer from the model)"
+            proposal.description = NO_ANSWER
             proposal.error = error
+            self._backoff(model, error or "")
             return proposal
-        usage = getattr(response, "usage", None)
-        proposal.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
-        proposal.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
-        proposal.cost = self._cost(
-            model, response, proposal.prompt_tokens, proposal.completion_tokens
+        proposal.prompt_tokens, proposal.completion_tokens, proposal.cost = self._bill(
+            model, response, "proposal"
         )
-        with self._lock:
-            self.total_cost += proposal.cost
         try:
             answer = response.choices[0].message.content or ""
             proposal.description = describe(answer) if answer.strip() else "(empty answer)"
@@ -331,15 +423,59 @@ class LLMProposer:
             )
         except ParseError as exc:
             proposal.error = f"unusable answer: {exc}"
-            return proposal
         except Exception as exc:  # a malformed response must not stop the campaign
             proposal.error = f"unusable answer: {_brief(exc)}"
+        if proposal.error:
+            self._backoff(model, proposal.error)
             return proposal
+        with self._lock:
+            self._unusable[model] = 0
         proposal.patch = make_patch(ctx.incumbent_source, new_source, ctx.target)
         return proposal
 
-    def _complete(self, model: str, temperature: float, prompt: str) -> tuple[Any, str | None]:
-        """(response, None), or (None, reason) after retrying what is worth retrying."""
+    def _bill(self, model: str, response: Any, what: str) -> tuple[int, int, float]:
+        """Count a billed answer (its tokens and cost) and report it to `on_bill`."""
+        usage = getattr(response, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = self._cost(model, response, prompt, completion)
+        with self._lock:
+            self.total_cost += cost
+        if self.on_bill is not None:
+            self.on_bill(
+                {
+                    "model": model,
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "cost": cost,
+                    "what": what,
+                }
+            )
+        return prompt, completion, cost
+
+    def _backoff(self, model: str, reason: str) -> None:
+        """After a failed request or an unusable answer, the model waits before it is asked
+        again: 2 s doubling to 5 minutes, with jitter, so a broken model costs cents."""
+        with self._lock:
+            n = self._unusable[model] = self._unusable.get(model, 0) + 1
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (n - 1))
+            delay *= self._jitter.uniform(0.75, 1.25)
+            self._cool[model] = max(self._cool.get(model, 0.0), time.monotonic() + delay)
+        if n >= UNUSABLE_NOTICE and self.say is not None and n % UNUSABLE_NOTICE == 0:
+            last = (reason.strip().splitlines() or ["?"])[0][:160]
+            self.say(
+                f"llm: {n} unusable answers or failed requests in a row from {model} (the last: "
+                f"{last}); waiting {delay:.0f} s before asking it again"
+            )
+
+    def _wait_cool(self, model: str) -> None:
+        with self._lock:
+            until = self._cool.get(model, 0.0)
+        left = until - time.monotonic()
+        if left > 0:
+            time.sleep(left)
+
+    def _kwargs(self, model: str, temperature: float, prompt: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
@@ -352,17 +488,25 @@ class LLMProposer:
             kwargs["api_base"] = self.api_base
             if model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
                 kwargs["api_key"] = "no-key"  # a self-hosted server; the client insists on one
+        return kwargs
+
+    def _complete(self, model: str, temperature: float, prompt: str) -> tuple[Any, str | None]:
+        """(response, None), or (None, reason) after retrying what is worth retrying; a
+        Retry-After the provider sends is waited out (never less)."""
+        kwargs = self._kwargs(model, temperature, prompt)
         last: Exception | None = None
+        after = 0.0
         for attempt in range(self.max_retries + 1):
             if attempt:
                 delay = min(self.retry_max_delay, self.retry_base_delay * 2 ** (attempt - 1))
-                time.sleep(delay * self._jitter.uniform(0.5, 1.5))
+                time.sleep(max(after, delay * self._jitter.uniform(0.5, 1.5)))
             try:
                 return litellm.completion(**kwargs), None
             except Exception as exc:  # never raise into the driver: errors become proposals
                 last = exc
                 if not _retryable(exc):
-                    return None, f"{model} failed: {_brief(exc)}"
+                    return None, f"{model} failed: {_brief(exc)}{_where(exc, self.api_base)}"
+                after = min(self.retry_max_delay * 5, retry_after(exc))
         return None, f"{model} failed {self.max_retries + 1} times: {_brief(last)}"
 
     def _cost(self, model: str, response: Any, prompt_tokens: int, completion_tokens: int) -> float:
