@@ -149,6 +149,11 @@ class View:
         """How often proposing has paused for invalid proposals since this driver started."""
         return self._d.invalid_pauses
 
+    def proposals_spent(self) -> bool:
+        """No proposal will come: every proposer is at its spend cap and none is ready."""
+        p = self._d.pipeline
+        return p.exhausted() and not any(p.ready.values())
+
     def commit(self, p, line: Line) -> TrialSpec | None:
         """A proposal the strategy made itself (a re-run, a combination), validated like any
         (and against everything tried) and committed; None when invalid (recorded)."""
@@ -234,10 +239,9 @@ class Driver:
     def out_of_proposals(self) -> bool:
         """Every proposer is at its spend cap, nothing proposed is left to run and nothing is
         queued: the campaign ends (running trials have finished), saying why."""
-        p = self.pipeline
-        if not p.exhausted() or self.view.queued() or any(p.ready.values()):
+        if not self.view.proposals_spent() or self.view.queued():
             return False
-        caps = [q.cap_text() for q, _ in p.proposers if hasattr(q, "cap_text")]
+        caps = [q.cap_text() for q, _ in self.pipeline.proposers if hasattr(q, "cap_text")]
         self.camp.say(f"{'; '.join(caps) or 'proposers exhausted'}: the campaign ends")
         return True
 

@@ -77,8 +77,9 @@ class Rounds:
     def exhausted(self, view) -> bool:
         """Proposing paused for invalid proposals during this round: it runs what it has (an
         empty round ends), so --rounds R ends a campaign whose proposals all fail, one round
-        per pause, and a short outage of the proposer costs at most one round."""
-        return view.invalid_pauses() > self.pauses_at_open
+        per pause, and a short outage of the proposer costs at most one round. At the spend
+        cap (no proposal will come) it runs what it has too, and the campaign then ends."""
+        return view.invalid_pauses() > self.pauses_at_open or view.proposals_spent()
 
     def close_round(self, view, line) -> None:
         """The round's candidates are all in: confirm the best if it passes the screen."""

@@ -177,7 +177,7 @@ class FakeLLM:
                 reply = fake._next_reply(request)
                 if reply.delay and fake._stop.wait(reply.delay):
                     return
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if self.path.rstrip("/") != "/v1/chat/completions":
                     reply = Reply(status=404)
                 if reply.status != 200:
                     error = {"message": f"fake error {reply.status}", "type": "fake", "code": None}
