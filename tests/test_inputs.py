@@ -385,3 +385,35 @@ def test_limits_are_the_campaigns_a_resume_goes_on_counting():
     n = len(third)
     assert len(run("async", trials=n)) == n
     assert len(run("async", trials=n + 3)) == n + 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_campaign_cleanly(tmp_path, data):
+    """Ctrl-C (SIGINT to the terminal's process group, twice, as an impatient user does):
+    a line that says so, no traceback."""
+    import signal
+
+    from conftest import TEST_VOCAB, kill_driver, ledger_rows, start_cli
+
+    repo = make_repo(tmp_path / "repo")
+    args = ["run", "--tag", "cc", "--repo", str(repo), "--budget", "20steps", "--device"]
+    args += ["cpu", "--vocab-size", str(TEST_VOCAB), "--workers", "2", "--rounds", "50"]
+    first = start_cli(repo, *args)
+    try:
+        deadline = time.monotonic() + 240
+        while not ledger_rows(repo, "cc") and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert ledger_rows(repo, "cc"), first.communicate()[0] if first.poll() else ""
+        os.killpg(first.pid, signal.SIGINT)
+        time.sleep(0.5)
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGINT)
+        out = first.communicate(timeout=120)[0]
+    finally:
+        try:
+            kill_driver(first)  # what it started and left behind, if anything
+        except ProcessLookupError:
+            pass
+    assert "Traceback" not in out, out
+    assert first.returncode in (0, 130), out
+    assert "interrupted" in out

@@ -29,6 +29,7 @@ def test_llm_campaign_merges_good_edits_and_records_bad_answers(
 ):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-for-local-server")
     monkeypatch.setattr(LLMProposer, "retry_base_delay", 0.01)
+    monkeypatch.setattr(LLMProposer, "backoff_base", 0.05)  # garbage answers wait 2 s otherwise
     repo = make_repo(tmp_path / "repo", **PLANTED)
     src = (repo / "trainer" / "train.py").read_text()
     good = edit(src, "LEARNING_RATE", 0.002, "raise the matrix learning rate 5x")
