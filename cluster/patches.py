@@ -112,18 +112,41 @@ def apply_patch(old: str, patch: str, path: str) -> str:
 def merge3(base: str, ours: str, theirs: str) -> str:
     """Both changes of `ours` and `theirs` (each an edit of `base`) in one text.
 
-    A three-way merge by `git merge-file`; raises PatchError when the two edits touch the same
-    or adjacent lines (git calls that a conflict), so only changes to different parts stack.
+    A line-level three-way merge: each side's edits are hunks over ranges of `base`'s lines;
+    hunks of the two sides that replace disjoint ranges both apply, even on neighbouring
+    lines (`EMBEDDING_LR = ...` and `UNEMBEDDING_LR = ...` on consecutive lines are two
+    independent edits; `git merge-file` would call that a conflict). The same hunk on both
+    sides applies once. Raises PatchError when the two edits change the same lines, or when
+    one inserts lines at an edge of, or inside, what the other changes (their order would be
+    a guess).
     """
-    with tempfile.TemporaryDirectory(prefix="ar-merge-") as tmp:
-        names = []
-        for name, text in (("ours", ours), ("base", base), ("theirs", theirs)):
-            (Path(tmp) / name).write_text(text)
-            names.append(name)
-        proc = subprocess.run(
-            ["git", "merge-file", "-p", "--quiet", *names], cwd=tmp, capture_output=True
-        )
-    if proc.returncode != 0:
-        why = f"{proc.returncode} conflicting hunk(s)" if proc.returncode > 0 else "merge failed"
-        raise PatchError(f"the two changes overlap: {why} {proc.stderr.decode().strip()}".strip())
-    return proc.stdout.decode()
+    a, o, t = base.splitlines(True), ours.splitlines(True), theirs.splitlines(True)
+    hunks = sorted(
+        {*_hunks(a, o), *_hunks(a, t)}, key=lambda h: (h[0], h[1], h[2])
+    )  # (start, end, new lines) over base; a hunk both sides made is one
+    for (s1, e1, r1), (s2, e2, r2) in zip(hunks, hunks[1:], strict=False):
+        overlap = s2 < e1 or (s2 == e1 and (s1 == e1 or s2 == e2))
+        if overlap and (s1, e1, r1) != (s2, e2, r2):
+            if s1 == e1 or s2 == e2:
+                why = f"one inserts lines where the other changes line {max(s1, s2) + 1}"
+            else:
+                lines = f"line {s2 + 1}" if e1 - s2 == 1 else f"lines {s2 + 1}-{min(e1, e2)}"
+                why = f"both change {lines}"
+            raise PatchError(f"the two changes overlap: {why} of the incumbent")
+    out, at = [], 0
+    for start, end, lines in hunks:
+        out += a[at:start]
+        out += list(lines)
+        at = end
+    out += a[at:]
+    return "".join(out)
+
+
+def _hunks(base: list[str], new: list[str]) -> list[tuple[int, int, tuple[str, ...]]]:
+    """`new` as edits of `base`: (start, end, replacement lines), ranges of base's lines."""
+    matcher = difflib.SequenceMatcher(None, base, new, autojunk=False)
+    return [
+        (i1, i2, tuple(new[j1:j2]))
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes()
+        if tag != "equal"
+    ]

@@ -311,3 +311,27 @@ def test_the_in_process_patch_path_agrees_with_git_apply(monkeypatch):
     patch = patches.make_patch("".join(base), "".join(base).replace("X5 = 5", "X5 = 6"), "t.py")
     assert patches._apply_exact(shifted, patch, "t.py") is None
     assert "X5 = 6" in patches.apply_patch(shifted, patch, "t.py")  # git finds the offset
+
+
+def test_merge3_stacks_edits_of_neighbouring_lines_and_refuses_real_overlaps():
+    """Two edits of consecutive constants are independent (git merge-file calls them a
+    conflict, so async's combine and a re-based proposal never stacked EMBEDDING_LR with
+    UNEMBEDDING_LR); the same lines changed two ways, or an insertion at the edge of the
+    other's change, are refused."""
+    from cluster.patches import PatchError, merge3
+
+    base = "EMBEDDING_LR = 0.6\nUNEMBEDDING_LR = 0.004\nMATRIX_LR = 0.04\n\n\ndef f():\n    pass\n"
+    emb = base.replace("EMBEDDING_LR = 0.6", "EMBEDDING_LR = 1.2")
+    unemb = base.replace("UNEMBEDDING_LR = 0.004", "UNEMBEDDING_LR = 0.0056")
+    both = merge3(base, emb, unemb)
+    assert "EMBEDDING_LR = 1.2\nUNEMBEDDING_LR = 0.0056\nMATRIX_LR = 0.04\n" in both
+    assert merge3(base, unemb, emb) == both  # the order of the sides does not matter
+    assert merge3(base, emb, emb) == emb  # the same edit on both sides applies once
+    far = base.replace("    pass", "    return 1")
+    assert merge3(base, emb, far) == emb.replace("    pass", "    return 1")
+    with pytest.raises(PatchError, match="both change line 1"):
+        merge3(base, emb, base.replace("EMBEDDING_LR = 0.6", "EMBEDDING_LR = 0.3"))
+    insert = base.replace("UNEMBEDDING_LR = 0.004\n", "UNEMBEDDING_LR = 0.004\nX = 1\n")
+    with pytest.raises(PatchError, match="inserts lines"):
+        merge3(base, insert, base.replace("MATRIX_LR = 0.04", "MATRIX_LR = 0.08"))
+    assert "X = 1" in merge3(base, insert, far)
