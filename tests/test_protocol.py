@@ -43,6 +43,9 @@ def test_the_protocols_own_train_py_and_its_hyperparameter_edits_pass_the_guard(
     # Restructuring around the measurement is allowed: the statement itself is unchanged.
     moved = _edit("model.eval()\n", "model.eval()\ntorch.set_grad_enabled(False)\n")
     assert protocol_violations(moved, TRAIN) == []
+    # Everyday PyTorch that looks like the dynamic access the guard refuses elsewhere.
+    everyday = "n = sum(1 for m in model.modules())\nw = getattr(model, 'wte')\nc = vars(config)"
+    assert protocol_violations(_edit("model.eval()\n", f"model.eval()\n{everyday}\n"), TRAIN) == []
 
 
 def test_mutate_proposals_on_an_autoresearch_train_py_are_not_rejected_as_referee_access():
@@ -96,6 +99,9 @@ ATTACKS = {
     "reaches globals": ("MATRIX_LR = 0.0003", "MATRIX_LR = 0.0003\ng = globals()"),
     "reaches code objects": ("t_end = time.time()", "t_end = evaluate_bpb.__code__"),
     "imports importlib": ("import gc\n", "import gc\nimport importlib\n"),
+    "reaches the module table": ("import gc\n", "import gc\nimport sys as s\nm = s.modules\n"),
+    "imports the module table": ("import gc\n", "import gc\nfrom sys import modules\n"),
+    "walks the heap": ("t_end = time.time()", "t_end = gc.get_objects()"),
     "writes prepare.py": ("MATRIX_LR = 0.0003", "MATRIX_LR = 0.0003\nopen('prepare.py', 'a')"),
     "removes the evaluation": (EVAL_LINE, "val_bpb = 0.0"),
 }
@@ -111,6 +117,21 @@ def test_edits_that_change_the_protocols_measurement_are_refused(name):
     ctx = ProposalContext("abc123", TRAIN, "train.py", protocol="autoresearch")
     p = validate(Proposal("abc123", make_patch(TRAIN, bad, "train.py"), name, "t"), ctx, set())
     assert p.error and "protocol's contract" in p.error
+
+
+def test_the_data_caches_a_prepare_py_names_are_found_and_private_folders_never_are():
+    from trainer.protocol import named_caches
+
+    assert named_caches(PREPARE) == [".cache/autoresearch"]
+    other = (
+        "import os\nfrom pathlib import Path\n"
+        "A = Path.home() / '.cache' / 'ar-cpu'\n"  # not all of ~/.cache (the hub token is there)
+        "B = os.path.join(os.path.expanduser('~'), 'datasets', 'tiny')\n"
+        "C = os.path.expanduser('~/.ssh/x')\n"
+        "D = os.path.join(os.path.expanduser('~'), '..', 'etc')\n"
+        "E = Path.home() / '.cache'\n"
+    )
+    assert named_caches(other) == [".cache/ar-cpu", "datasets/tiny"]
 
 
 def test_the_budget_and_seed_are_read_from_the_repo(tmp_path):
@@ -183,6 +204,8 @@ def attempt(name, act):
 home = os.path.expanduser("~")
 attempt("read-token", lambda: open(os.path.join(home, ".ray", "auth_token")).read())
 attempt("read-key", lambda: open(os.path.join(home, ".config", "key")).read())
+attempt("read-hf-token", lambda: open(os.path.join(home, ".cache", "huggingface", "token")).read())
+attempt("read-hf-hub", lambda: os.listdir(os.path.join(home, ".cache", "huggingface", "hub")))
 attempt("read-data", lambda: open(os.path.join(CACHE_DIR, "data", "val.bin"), "rb").read(4))
 attempt("write-data", lambda: open(os.path.join(CACHE_DIR, "data", "val.bin"), "ab").write(b"x"))
 here = os.path.dirname(os.path.abspath(__file__))
@@ -202,8 +225,10 @@ def test_an_autoresearch_trial_is_confined_reads_its_data_and_nothing_of_the_dri
         pytest.skip("this node can confine nothing (no user namespaces, no Landlock)")
     repo, env = _karpathy_repo(tmp_path)
     home = Path(env["HOME"])
-    for secret in (home / ".ray" / "auth_token", home / ".config" / "key"):
-        secret.parent.mkdir(parents=True)
+    (home / ".cache" / "huggingface" / "hub").mkdir(parents=True)  # upstream's kernel cache
+    hf_token = home / ".cache" / "huggingface" / "token"
+    for secret in (home / ".ray" / "auth_token", home / ".config" / "key", hf_token):
+        secret.parent.mkdir(parents=True, exist_ok=True)
         secret.write_text("SECRET")
     (repo / "train.py").write_text(f"REPO = {str(repo)!r}\n" + PROBE)
     for mode in confine.available():
@@ -214,7 +239,9 @@ def test_an_autoresearch_trial_is_confined_reads_its_data_and_nothing_of_the_dri
         seen = dict(line.split(" ", 1) for line in log.splitlines() if line.count(" ") >= 1)
         assert seen["read-data"] == "ALLOWED", (mode, log)
         assert seen["write-cwd"] == "ALLOWED", (mode, log)
-        for name in ("read-token", "read-key", "write-data", "write-prepare", "write-repo"):
+        assert seen["read-hf-hub"] == "ALLOWED", (mode, log)
+        private = ("read-token", "read-key", "read-hf-token")
+        for name in (*private, "write-data", "write-prepare", "write-repo"):
             assert seen[name].startswith("denied"), (mode, name, log)
     assert (repo / "prepare.py").read_text() == PREPARE
 

@@ -76,7 +76,14 @@ METRIC_TEXT = "val_bpb"  # the summary line a grep for the result reads
 # Imports and attributes that reach a function's globals, code or module table: the ways a
 # train.py could swap the evaluator without naming it.
 DYNAMIC_MODULES = ("importlib", "builtins", "ctypes", "inspect", "types", "marshal", "pickle")
-DYNAMIC_NAMES = ("exec", "eval", "compile", "globals", "vars", "__builtins__", "__import__")
+DYNAMIC_NAMES = ("exec", "eval", "compile", "globals", "__builtins__", "__import__")
+# Called on the protocol's module or one of its names, these reach into it by name.
+DYNAMIC_CALLS = ("setattr", "delattr", "getattr", "vars")
+# Attributes that are dynamic only on one module (`model.modules()` is everyday PyTorch).
+DYNAMIC_MODULE_ATTRS = {
+    "sys": ("modules",),
+    "gc": ("get_referrers", "get_referents", "get_objects"),
+}
 DYNAMIC_ATTRS = (
     "__dict__",
     "__globals__",
@@ -92,11 +99,7 @@ DYNAMIC_ATTRS = (
     "f_back",
     "gi_frame",
     "tb_frame",
-    "get_referrers",
-    "get_referents",
-    "get_objects",
     "import_module",
-    "modules",  # sys.modules
 )
 
 
@@ -125,9 +128,15 @@ def protocol_violations(source: str, incumbent: str) -> list[str]:
     mods, evaluators = mods | m2, evaluators | e2
     protected = names | n2 | mods | evaluators | {EVALUATOR, BUDGET_NAME}
     protected |= _metric_names(tree, mods, evaluators) | _metric_names(base, mods, evaluators)
+    aliases = {  # `import sys as s`: s.modules is sys.modules
+        a.asname or a.name: a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for a in node.names
+    }
     out: list[str] = []
     for node in ast.walk(tree):
-        out += _protocol_node(node, mods, protected)
+        out += _protocol_node(node, mods, protected, aliases)
     out += _fixed_changes(tree, base, mods, evaluators, protected)
     return list(dict.fromkeys(out))
 
@@ -181,7 +190,9 @@ def _metric_names(tree: ast.AST, mods: set[str], evaluators: set[str]) -> set[st
     return out
 
 
-def _protocol_node(node: ast.AST, mods: set[str], protected: set[str]) -> list[str]:
+def _protocol_node(
+    node: ast.AST, mods: set[str], protected: set[str], aliases: dict[str, str]
+) -> list[str]:
     """What a single node does wrong, whatever the incumbent has."""
     line = getattr(node, "lineno", "?")
     out = []
@@ -196,6 +207,13 @@ def _protocol_node(node: ast.AST, mods: set[str], protected: set[str]) -> list[s
                 out.append(f"line {line}: imports the referee module {mod}")
             if mod.split(".")[0] in DYNAMIC_MODULES:
                 out.append(f"line {line}: imports {mod}, which can rewrite the evaluator")
+        if isinstance(node, ast.ImportFrom):
+            for a in node.names:  # `from sys import modules`
+                if a.name in DYNAMIC_MODULE_ATTRS.get(node.module or "", ()):
+                    out.append(
+                        f"line {line}: imports {node.module}.{a.name}, which can "
+                        "rewrite the evaluator"
+                    )
         if isinstance(node, ast.ImportFrom) and node.module == PROTOCOL_MODULE:
             if any(a.name == "*" for a in node.names):
                 out.append(f"line {line}: `from {PROTOCOL_MODULE} import *`; import names")
@@ -214,7 +232,8 @@ def _protocol_node(node: ast.AST, mods: set[str], protected: set[str]) -> list[s
         if node.id in DYNAMIC_NAMES:
             out.append(f"line {line}: uses {node.id}, which can rewrite the evaluator")
     elif isinstance(node, ast.Attribute):
-        if node.attr in DYNAMIC_ATTRS:
+        owner = aliases.get(node.value.id, "") if isinstance(node.value, ast.Name) else ""
+        if node.attr in DYNAMIC_ATTRS or node.attr in DYNAMIC_MODULE_ATTRS.get(owner, ()):
             out.append(f"line {line}: uses .{node.attr}, which can rewrite the evaluator")
         if (
             isinstance(node.ctx, ast.Store | ast.Del)
@@ -223,7 +242,7 @@ def _protocol_node(node: ast.AST, mods: set[str], protected: set[str]) -> list[s
         ):
             out.append(f"line {line}: rebinds {node.value.id}.{node.attr} (the protocol's module)")
     elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        if node.func.id in ("setattr", "delattr") and node.args:
+        if node.func.id in DYNAMIC_CALLS and node.args:
             first = node.args[0]
             if isinstance(first, ast.Name) and first.id in protected:
                 out.append(f"line {line}: {node.func.id} on {first.id}, which the protocol fixes")

@@ -89,7 +89,58 @@ def parse_summary(text: str) -> dict[str, float]:
 # What an autoresearch trial may read besides its code: the protocol's data (prepare.py keeps
 # it in ~/.cache/autoresearch) and a warmed Hugging Face cache (upstream fetches its attention
 # kernel from the hub; a confined trial has no network, so it must be there already).
-PROTOCOL_CACHES = (".cache/autoresearch", ".cache/huggingface")
+PROTOCOL_CACHES = (".cache/autoresearch", ".cache/huggingface/hub")  # not the hub's token
+
+
+# Never shown to a trial, whatever a prepare.py names: where credentials live.
+PRIVATE = (".ssh", ".ray", ".config", ".aws", ".gnupg", ".netrc", ".docker", ".kube", ".local")
+
+
+def named_caches(prepare_source: str) -> list[str]:
+    """The directories under the home that a prepare.py names as literals (relative to the
+    home): `os.path.join(os.path.expanduser("~"), ".cache", "x")`, `Path.home() / ".cache"
+    / "x"`, `"~/.cache/x"`. Its data may live elsewhere than upstream's ~/.cache/autoresearch."""
+    try:
+        tree = ast.parse(prepare_source)
+    except (SyntaxError, ValueError):
+        return []
+    out, inner = [], set()
+
+    def home_call(n: ast.AST) -> bool:
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
+            if n.func.attr == "expanduser" and n.args and isinstance(n.args[0], ast.Constant):
+                return n.args[0].value == "~"
+            return n.func.attr == "home" and not n.args
+        return False
+
+    for n in ast.walk(tree):
+        parts: list[str] | None = None
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "join":
+            if n.args and home_call(n.args[0]):
+                rest = n.args[1:]
+                if all(isinstance(a, ast.Constant) and isinstance(a.value, str) for a in rest):
+                    parts = [a.value for a in rest]
+        elif isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and id(n) not in inner:
+            chain, left = [], n
+            while isinstance(left, ast.BinOp) and isinstance(left.op, ast.Div):
+                if not (isinstance(left.right, ast.Constant) and isinstance(left.right.value, str)):
+                    break
+                chain.insert(0, left.right.value)
+                left = left.left
+                inner.add(id(left))  # `Path.home() / ".cache"` inside the longer path
+            else:
+                if home_call(left):
+                    parts = chain
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value.startswith("~/"):
+            parts = [n.value[2:]]
+        if parts:
+            rel = os.path.normpath(os.path.join(*parts))
+            top = rel.split(os.sep)[0]
+            if rel not in (".", "", ".cache") and top != ".." and top not in PRIVATE:
+                out.append(rel)
+    # The outermost of nested names (CACHE_DIR, then CACHE_DIR/data) is enough.
+    out = sorted(set(out))
+    return [r for r in out if not any(r.startswith(o + os.sep) for o in out if o != r)]
 SEED_CALLS = ("manual_seed", "seed", "manual_seed_all")
 
 
@@ -226,7 +277,9 @@ def run_autoresearch_protocol(
         status_r = status_w = None
         if mode != "none":
             status_r, status_w = os.pipe()
-            caches = [home / c for c in PROTOCOL_CACHES if (home / c).is_dir()]
+            prepare = code / "prepare.py"
+            named = named_caches(prepare.read_text(errors="replace")) if prepare.is_file() else []
+            caches = [home / c for c in {*PROTOCOL_CACHES, *named} if (home / c).is_dir()]
             cmd = launcher(
                 cmd,
                 mode=mode,
