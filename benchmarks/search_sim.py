@@ -129,11 +129,14 @@ class Sim:
     ):
         self.strategy, self.n, self.obj, self.sigma = strategy, workers, obj, noise
         self.horizon, self.seed, self.jitter, self.budget_s = horizon, seed, jitter, budget_s
-        k = min(islands, max(2, workers)) if strategy == "population" else 1
+        # "rounds-nostack": rounds confirming only each round's best (the stack's baseline)
+        base, _, variant = strategy.partition("-")
+        k = min(islands, max(2, workers)) if base == "population" else 1
         self.cfg = CampaignConfig.build(
             tag="sim",
             target=TARGET_FILE,
-            strategy=strategy,
+            strategy=base,
+            stack=variant != "nostack",
             hours=horizon * budget_s / 3600,
             seed=seed,
             islands=k,

@@ -326,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--per-round", type=int, default=None, help="candidates per round (workers)")
     p.add_argument(
+        "--no-stack",
+        dest="stack",
+        action="store_false",
+        help="rounds: confirm only the round's best, not the stack of its winners on different "
+        "lines",
+    )
+    p.add_argument(
         "--proposals-ahead",
         type=int,
         default=None,

@@ -10,6 +10,8 @@ the confirmation passes; repeat. Stops after --rounds R rounds, --trials K candi
 
 from __future__ import annotations
 
+from cluster.patches import PatchError, make_patch, merge3
+from cluster.records import Proposal
 from cluster.strategy import Verdict
 from cluster.tactics import (
     Limits,
@@ -32,6 +34,8 @@ class Rounds:
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
         self.pauses_at_open = 0
+        self.fallback: dict[str, dict] = {}  # a stack's commit -> the round's best, if it fails
+        self.stacking = cfg.search.stack
 
     def settings(self) -> dict:
         return {}
@@ -109,17 +113,71 @@ class Rounds:
                 f"incumbent by {need:.4f} ({view.gate.noise_multiple:g} x noise)"
             )
             return
-        view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
         inc = line.head
-        meta = {k: best.get(k) for k in ("proposer", "model", "description")}
+        passing = [r for r in scored if screen(view, r["val_bpb"], inc)[0]]
+        stack = self.stack(view, line, passing)
         view.queue(view.spec("baseline", inc, inc, line), line)
+        if stack is not None:
+            spec, parts = stack
+            view.say(
+                f"round {n}: {len(parts)} candidates pass the screen on different lines "
+                f"({', '.join(r['trial_id'] for r in parts)}); {confirm_words(view)} of their "
+                f"stack, then of {best['trial_id']} alone if the stack fails"
+            )
+            meta = view.camp.proposal_of(spec) or {}
+            view.camp.dropped(spec)  # confirmed as a whole, not screened again
+            self.fallback[spec.commit_sha] = best
+            view.queue(view.spec("confirm", spec.commit_sha, inc, line, meta), line)
+            return
+        view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
+        meta = {k: best.get(k) for k in ("proposer", "model", "description")}
         view.queue(view.spec("confirm", best["commit_sha"], inc, line, meta), line)
+
+    def stack(self, view, line, passing: list[dict]):
+        """The screened winners of a round that change different lines, stacked on the
+        incumbent best first (a part whose lines a better one changed is left out); with
+        two or more parts, the stack committed as one candidate: (its spec, the parts).
+        None when fewer than two stack (or the stack is invalid: recorded)."""
+        if len(passing) < 2 or not self.stacking:
+            return None
+        inc = line.head
+        base = view.source(inc)
+        src, parts = base, []
+        for r in passing:
+            if r["parent_sha"] != inc:
+                continue
+            try:
+                src = merge3(base, src, view.source(r["commit_sha"]))
+            except PatchError:
+                continue  # the same lines as a better part: that one stays
+            parts.append(r)
+        if len(parts) < 2:
+            return None
+        strip = lambda r: (r.get("description") or "").strip()  # noqa: E731
+        p = Proposal(
+            parent_sha=inc,
+            patch=make_patch(base, src, view.cfg.trial.target),
+            description="stack of " + " + ".join(f"{r['trial_id']} ({strip(r)})" for r in parts),
+            proposer="stack",
+        )
+        spec = view.commit(p, line)
+        return (spec, parts) if spec is not None else None
 
     def on_result(self, view, row) -> Verdict:
         if row.kind == "baseline":
             return Verdict.KEEP
         if row.kind == "confirm":
-            return judge_confirmation(view, row)[0]
+            verdict, stale = judge_confirmation(view, row)
+            best = self.fallback.pop(row.commit_sha, None)
+            if verdict is not Verdict.MERGE and not stale and best is not None:
+                line = view.lines[row.island or 0]
+                view.say(
+                    f"{row.trial_id}: the stack is not confirmed; confirming "
+                    f"{best['trial_id']} alone"
+                )
+                meta = {k: best.get(k) for k in ("proposer", "model", "description")}
+                view.queue(view.spec("confirm", best["commit_sha"], line.head, line, meta), line)
+            return verdict
         return Verdict.DISCARD
 
     def done(self, view) -> bool:

@@ -141,6 +141,8 @@ def named_caches(prepare_source: str) -> list[str]:
     # The outermost of nested names (CACHE_DIR, then CACHE_DIR/data) is enough.
     out = sorted(set(out))
     return [r for r in out if not any(r.startswith(o + os.sep) for o in out if o != r)]
+
+
 SEED_CALLS = ("manual_seed", "seed", "manual_seed_all")
 
 
