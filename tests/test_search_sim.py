@@ -55,3 +55,28 @@ def test_greedy_on_one_worker_is_autoresearch():
     rows = s.camp.rows
     assert [r["kind"] for r in rows[:2]] == ["baseline", "candidate"]  # one run, then candidates
     assert all(r["kind"] != "confirm" for r in rows)  # no gate, no confirmations
+
+
+def test_the_hard_objective_rewards_pairs_only_together_and_shares_a_seed_effect():
+    obj = sim.HardObjective(headroom=0.2)
+    start, opt = obj.start(), obj.opt
+    assert obj.true(opt) == pytest.approx(sim.BASE) and obj.true(start) > sim.BASE + 0.15
+    a, b = obj.pairs[0]
+    one = {**start, a: opt[a]}
+    assert obj.true(one) > obj.true(start)  # one half of a pair alone is worse than neither
+    assert obj.true({**one, b: opt[b]}) < obj.true(start)
+    r1, r2 = obj.redundant
+    either = obj.true({**start, r1: opt[r1]})
+    assert either < obj.true(start) and obj.true({**start, r1: opt[r1], r2: opt[r2]}) == either
+    fixed = [k for k in obj.names if obj.start0[k] == opt[k]]
+    assert len(fixed) >= 4  # every proposal on those is harmful
+    assert all(obj.true({**start, k: opt[k] * 2}) > obj.true(start) for k in fixed)
+    s = sim.Sim("rounds", 2, obj, noise=0.015, horizon=4, seed=1)
+    s.run()  # on the hard objective; runs at one seed share most of their noise
+    import random
+
+    spec = type("Spec", (), {"commit_sha": s.camp.base_sha, "seed": 7})
+    same = [s.score(spec, random.Random(i)) for i in range(40)]
+    assert statistics.stdev(same) < 0.5 * 0.015  # the residual only
+    shared = random.Random("seed-7").gauss(0, 0.015 * math.sqrt(obj.seed_share))
+    assert statistics.fmean(same) == pytest.approx(s.true(s.camp.base_sha) + shared, abs=0.003)
