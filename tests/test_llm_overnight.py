@@ -112,6 +112,20 @@ def test_every_billed_answer_is_reported_whatever_becomes_of_it(fake_llm):
     assert [b["what"] for b in bills][0] == "preflight check"
 
 
+def test_reaching_the_cap_is_said_once_even_when_other_proposers_go_on(fake_llm):
+    server = fake_llm(default=Reply(DOUBLE_LR, prompt_tokens=1000, completion_tokens=100))
+    said: list[str] = []
+    p = _proposer(server, max_cost=0.005)  # $0.003 an answer: the second reaches it
+    p.say = said.append
+    for _ in range(3):
+        p.propose(_ctx(), 1)
+    assert len(server.requests) == 2 and p.exhausted
+    assert said == [
+        "LLM spend cap reached: $0.0060 spent of --max-llm-cost $0.005: the llm "
+        "proposer asks nothing more"
+    ]
+
+
 def _run_cli(repo, *args, env=None):
     base = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     return subprocess.run(

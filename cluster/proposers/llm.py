@@ -440,7 +440,11 @@ class LLMProposer:
         completion = int(getattr(usage, "completion_tokens", 0) or 0)
         cost = self._cost(model, response, prompt, completion)
         with self._lock:
+            was = self.exhausted
             self.total_cost += cost
+            capped = self.exhausted and not was
+        if capped and self.say is not None:  # with other proposers the campaign goes on
+            self.say(f"{self.cap_text()}: the llm proposer asks nothing more")
         if self.on_bill is not None:
             self.on_bill(
                 {
