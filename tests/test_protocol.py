@@ -263,9 +263,14 @@ def test_a_two_worker_campaign_on_a_karpathy_shaped_repo_merges_and_records_what
     ):
         patch = make_patch(TRAIN, _edit(old, new), "train.py")
         (queue / f"{i}.patch").write_text(f"# {desc}\n{patch}")
+    from trainer import confine
+
+    # queue proposals are untrusted: confined where the node can (CI's may not), else off
+    sandbox = "auto" if confine.available() else "off"
     proc = start_cli(
         repo,
         *["run", "--tag", "kp", "--protocol", "autoresearch", "--workers", "2"],
+        *["--sandbox", sandbox],
         *["--device", "cpu", "--rounds", "1", "--proposer", "queue:queue", "--hours", "0.1"],
         env=env,
     )
