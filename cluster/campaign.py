@@ -55,6 +55,11 @@ class Campaign:
         self.cfg = cfg
         self.git = repo or GitRepo(cfg.repo)
         self.repo = self.git.path  # the checkout, or None in memory
+        if cfg.trial.protocol == "autoresearch" and cfg.trial.target != "train.py":
+            raise CampaignError(
+                f"--target {cfg.trial.target}: --protocol autoresearch runs `python train.py` "
+                "at the repo's root, so the target is train.py (leave --target out)"
+            )
         if self.repo is not None and not (self.repo / cfg.trial.target).exists():
             hint = "pass --target"
             if cfg.trial.protocol != "autoresearch" and (self.repo / "train.py").exists():

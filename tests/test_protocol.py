@@ -294,3 +294,14 @@ def test_a_two_worker_campaign_on_a_karpathy_shaped_repo_merges_and_records_what
     status = _cli("status", "--tag", "kp", cwd=repo)
     assert "self-reported" in status.stdout, status.stdout
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+def test_another_target_under_the_protocol_is_refused(tmp_path):
+    """The protocol runs `python train.py`: a --target elsewhere would be edited and never run."""
+    from cluster.campaign import Campaign, CampaignConfig, CampaignError
+
+    repo = commit_repo(tmp_path / "r", {"train.py": TRAIN, "model.py": "X = 1\n"})
+    cfg = CampaignConfig.build("t", repo, protocol="autoresearch", target="model.py")
+    with pytest.raises(CampaignError, match="the target is train.py"):
+        Campaign(cfg, say=lambda m: None)
+    assert not (repo / "runs").exists()
