@@ -182,7 +182,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (CampaignError, GitError, ResourceError, ValueError) as e:  # CredentialsError too
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a second Ctrl-C during shutdown, or one before Ray started
+    except KeyboardInterrupt:  # before the driver's loop (its own handler is in driver._run)
+        import signal
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ray's shutdown at exit runs uncut
         print("interrupted", file=sys.stderr)
         return 130
     return 0

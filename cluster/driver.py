@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import statistics
 
 import ray
@@ -154,7 +155,13 @@ def _run(camp: Campaign, cfg: CampaignConfig) -> None:
         workers()
         Driver(camp, pool, pipeline, strategy, gpu_name=gpu_name, on_workers=workers).run()
     except KeyboardInterrupt:
-        camp.say("interrupted: running trials are cancelled and will be re-run on resume")
+        # The clean-up (cancel, stop the workers, Ray's own shutdown at exit) must not be cut
+        # short by the next Ctrl-C into a traceback: it takes seconds; kill -9 still works.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        camp.say(
+            "interrupted: running trials are cancelled and will be re-run on resume "
+            "(cleaning up; further Ctrl-C are ignored)"
+        )
         pool.cancel_all()
     finally:
         if pipeline:
