@@ -430,10 +430,7 @@ class Campaign:
         ledger from before the spend log: its rows' costs)."""
         if not self.files:
             return 0.0
-        entries = read_spend(self.files.llm_calls)
-        if entries:
-            return spend_totals(entries)["total_cost"]
-        return sum(float(r.get("cost") or 0.0) for r in self.rows)
+        return spend_totals(read_spend(self.files.llm_calls) or self.rows)["total_cost"]
 
     def write_lines(self, state: list[dict]) -> None:
         if self.files:

@@ -114,7 +114,7 @@ class LLMSettings:
     max_cost: float | None = _flag("max_llm_cost", default=None)
     timeout: float = _flag("llm_timeout", default=120.0)
     prices: dict[str, tuple[float, float]] = _flag(
-        "llm_price", conv=lambda v: parse_prices(v), default_factory=dict
+        "llm_price", conv=parse_prices, default_factory=dict
     )  # model -> ($ per 1M prompt tokens, $ per 1M completion tokens)
     program: Path | None = None  # research program shown to the model (default: program.md)
 

@@ -203,16 +203,7 @@ def campaign_summary(
         "noise": _noise(rows, baselines),
         # What the provider billed: llm_calls.jsonl (every answer, whatever became of it);
         # a campaign from before that log has only its rows' share.
-        **(
-            spend_totals(spend)
-            if spend
-            else {
-                "total_cost": sum(r.get("cost") or 0.0 for r in rows),
-                "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in rows),
-                "completion_tokens": sum(r.get("completion_tokens") or 0 for r in rows),
-                "answers": None,
-            }
-        ),
+        **(spend_totals(spend) if spend else {**spend_totals(rows), "answers": None}),
         "llm_rows": sum(1 for r in rows if r.get("proposer") == "llm"),
         "workers": workers,
         "wall_seconds": wall,

@@ -310,6 +310,7 @@ def read_spend(path: Path) -> list[dict[str, Any]]:
 
 
 def spend_totals(entries: list[dict[str, Any]]) -> dict[str, float]:
+    """Cost and tokens of billed answers (or of ledger rows, which carry the same fields)."""
     return {
         "total_cost": sum(float(e.get("cost") or 0.0) for e in entries),
         "prompt_tokens": sum(int(e.get("prompt_tokens") or 0) for e in entries),

@@ -44,6 +44,7 @@ from cluster.tactics import (
     Limits,
     confirm_words,
     judge_confirmation,
+    proposal_meta,
     replicates,
     screen,
     top_up,
@@ -52,7 +53,6 @@ from cluster.tactics import (
 NEAR_MISSES_KEPT = 20  # the most recent near-misses that may still be paired
 NEAR_MISS_SIGMA = 1.0  # a near-miss gains more than this many noise std (and less than the gate)
 _RERUN = re.compile(r"^re-run of t\d+ on [0-9a-f]+: ")
-_META = ("proposer", "model", "description")
 
 
 @dataclass
@@ -239,7 +239,7 @@ class Async:
             view.say(f"{row['trial_id']} looks better (gain {gain:.4f}); {confirm_words(view)}")
             view.queue(view.spec("baseline", parent, parent, line), line)
             st.screened[row["commit_sha"]] = row
-            meta = {k: row.get(k) for k in _META}
+            meta = proposal_meta(row)
             view.queue(view.spec("confirm", row["commit_sha"], parent, line, meta), line)
             return Verdict.FOLLOW_UP
         if gain > NEAR_MISS_SIGMA * noise:

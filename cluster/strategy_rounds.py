@@ -17,6 +17,7 @@ from cluster.tactics import (
     Limits,
     confirm_words,
     judge_confirmation,
+    proposal_meta,
     replicates,
     screen,
     top_up,
@@ -130,7 +131,7 @@ class Rounds:
             view.queue(view.spec("confirm", spec.commit_sha, inc, line, meta), line)
             return
         view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
-        meta = {k: best.get(k) for k in ("proposer", "model", "description")}
+        meta = proposal_meta(best)
         view.queue(view.spec("confirm", best["commit_sha"], inc, line, meta), line)
 
     def stack(self, view, line, passing: list[dict]):
@@ -175,7 +176,7 @@ class Rounds:
                     f"{row.trial_id}: the stack is not confirmed; confirming "
                     f"{best['trial_id']} alone"
                 )
-                meta = {k: best.get(k) for k in ("proposer", "model", "description")}
+                meta = proposal_meta(best)
                 view.queue(view.spec("confirm", best["commit_sha"], line.head, line, meta), line)
             return verdict
         return Verdict.DISCARD

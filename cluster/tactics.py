@@ -52,6 +52,11 @@ class Limits:
         return self.time_up(view) or self.room(view) == 0
 
 
+def proposal_meta(row: dict) -> dict:
+    """What a follow-up (a confirmation, a re-run) carries of the proposal a row ran."""
+    return {k: row.get(k) for k in ("proposer", "model", "description")}
+
+
 def fixed_seed(view: View) -> bool:
     """Under protocol=autoresearch train.py sets its own seed: a re-run differs only by
     run-to-run variation, and the console says so instead of promising a fresh seed."""

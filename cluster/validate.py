@@ -96,11 +96,8 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
         raise _Invalid("the patch removes train(ctx), the entry point the harness calls")
     violations = _referee_violations(new, ctx)
     if violations:
-        what = (
-            "breaks the protocol's contract"
-            if ctx.protocol == "autoresearch"
-            else ("reaches into the referee")
-        )
+        autoresearch = ctx.protocol == "autoresearch"
+        what = "breaks the protocol's contract" if autoresearch else "reaches into the referee"
         raise _Invalid(f"{what}: " + "; ".join(violations))
     return new_hash
 

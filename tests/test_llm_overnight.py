@@ -18,6 +18,7 @@ from cluster.driver import run_campaign
 from cluster.ledger import read_spend, spend_totals
 from cluster.proposers.base import ProposalContext
 from cluster.proposers.llm import LLMProposer
+from cluster.report import make_report
 from cluster.rundir import RunDir
 
 from conftest import PLANTED, campaign_config, make_repo
@@ -228,9 +229,6 @@ def test_the_cap_ends_the_campaign_its_spend_is_the_providers_bill_and_a_resume_
     assert spend["completion_tokens"] == server.billed["completion_tokens"]
     assert 0.01 <= spend["total_cost"] < 0.01 + 2 * 0.003 + 0.001
     assert camp.rows and camp.rows[-1]["round"] < 20
-    report = (files.path / "report.md").read_text() if (files.path / "report.md").exists() else ""
-    from cluster.report import make_report
-
     _, md = make_report(files.path)
     report = md.read_text()
     assert f"${spend['total_cost']:.4f}" in report

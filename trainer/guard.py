@@ -44,12 +44,8 @@ def referee_violations(source: str) -> list[str]:
     for node in ast.walk(tree):
         line = getattr(node, "lineno", "?")
         if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [a.name for a in node.names]
-            mods = names if isinstance(node, ast.Import) else [node.module or ""]
-            if isinstance(node, ast.ImportFrom) and node.module == "trainer":
-                mods = [f"trainer.{n}" for n in names]
-            for mod in mods:
-                if any(mod == m or mod.startswith(m + ".") for m in REFEREE_MODULES):
+            for mod in _imported_modules(node):
+                if _is_referee(mod):
                     out.append(f"line {line}: imports the referee module {mod}")
         elif isinstance(node, ast.Name | ast.Attribute):
             name = node.id if isinstance(node, ast.Name) else node.attr
@@ -65,6 +61,19 @@ def referee_violations(source: str) -> list[str]:
                     out.append(f"line {line}: mentions {s!r}, a path of the referee's data")
                     break
     return list(dict.fromkeys(out))
+
+
+def _imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The modules an import statement names (`from trainer import x` names trainer.x)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.module == "trainer":
+        return [f"trainer.{a.name}" for a in node.names]
+    return [node.module or ""]
+
+
+def _is_referee(mod: str) -> bool:
+    return any(mod == m or mod.startswith(m + ".") for m in REFEREE_MODULES)
 
 
 # ----------------------------------------------------------------------------- autoresearch
@@ -197,13 +206,8 @@ def _protocol_node(
     line = getattr(node, "lineno", "?")
     out = []
     if isinstance(node, ast.Import | ast.ImportFrom):
-        top = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-        if isinstance(node, ast.ImportFrom) and node.module == "trainer":
-            top = [f"trainer.{a.name}" for a in node.names]
-        for mod in top:
-            if mod != PROTOCOL_MODULE and any(
-                mod == m or mod.startswith(m + ".") for m in REFEREE_MODULES
-            ):
+        for mod in _imported_modules(node):
+            if mod != PROTOCOL_MODULE and _is_referee(mod):
                 out.append(f"line {line}: imports the referee module {mod}")
             if mod.split(".")[0] in DYNAMIC_MODULES:
                 out.append(f"line {line}: imports {mod}, which can rewrite the evaluator")

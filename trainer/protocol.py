@@ -153,13 +153,12 @@ def _literal_assign(source: str, name: str) -> float | None:
     except (SyntaxError, ValueError):
         return None
     for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else (
-                [node.target] if isinstance(node, ast.AnnAssign) and node.value is not None else []
-            )
-        )
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            targets = [node.target]
+        else:
+            continue
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             try:
                 value = ast.literal_eval(node.value)
