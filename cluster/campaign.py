@@ -28,7 +28,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     check_tag,
     locked_diffs,
 )
-from cluster.gate import Gate
+from cluster.gate import Gate, RowIndex
 from cluster.gitops import GitError
 from cluster.ledger import Ledger, append_spend, atomic_json, read_spend, spend_totals
 from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
@@ -91,8 +91,12 @@ class Campaign:
         self.t0 = time.monotonic()
         self._say = say
         self._sources: dict[str, str] = {}
-        self._runs: tuple[int, dict[str, list[float]]] = (-1, {})
-        self._noise: tuple[int, tuple[float | None, int]] = (-1, (None, 0))
+        self._index = RowIndex()
+        self._last_id: int | None = None
+        self._pair_uses: dict[str, int] = {}  # a parent run's trial id -> candidates paired on it
+        # Paired comparisons (cluster/gate.py): the Driver turns them on for a strategy that
+        # judges pairs (`pairs = True`), unless a seed cannot be set or --no-pairing.
+        self.pairing = False
         path = cfg.llm.program or (self.repo / "program.md" if self.repo else None)
         self.program = Path(path).read_text() if path and Path(path).exists() else ""
 
@@ -117,21 +121,54 @@ class Campaign:
     def incumbent_source(self) -> str:
         return self.source(self.incumbent)
 
+    def index(self) -> RowIndex:
+        """The gate's view of the rows, brought up to date (they only grow)."""
+        return self._index.update(self.rows)
+
     def runs_by_commit(self) -> dict[str, list[float]]:
-        if self._runs[0] != len(self.rows):  # the rows only grow: recount when they did
-            self._runs = (len(self.rows), self.gate.runs_by_commit(self.rows))
-        return self._runs[1]
+        return self.index().runs
 
     def runs_of(self, sha: str) -> list[float]:
-        return self.runs_by_commit().get(sha, [])
+        return self.index().runs.get(sha, [])
 
     def noise_dof(self) -> tuple[float | None, int]:
-        if self._noise[0] != len(self.rows):
-            self._noise = (len(self.rows), self.gate.noise_dof(self.rows))
-        return self._noise[1]
+        return self.index().noise_dof()
 
     def noise(self) -> float | None:
         return self.noise_dof()[0]
+
+    def pair_noise_dof(self) -> tuple[float | None, int]:
+        return self.index().pair_noise_dof()
+
+    def row(self, trial_id: str | None) -> dict | None:
+        """The ledger row of a trial id (None: no such row yet)."""
+        return self.index().by_id.get(trial_id or "")
+
+    def merged_from(self, sha: str) -> str | None:
+        """The commit a merge moved from to `sha` (None: never merged: the start)."""
+        return self.index().merged_from.get(sha)
+
+    def pairing_allowed(self) -> bool:
+        """A seed can be given (under protocol=autoresearch train.py fixes its own)."""
+        return self.cfg.search.paired and self.cfg.trial.protocol != "autoresearch"
+
+    def seed_runs(self, sha: str) -> list[dict]:
+        """The commit's unselected successful runs (replicates, confirmations), oldest first:
+        the runs a candidate on it may be paired with."""
+        return list(self.index().seed_rows.get(sha, []))
+
+    def pair_for(self, parent: str, avoid=()) -> dict | None:
+        """The parent's run to pair a new trial with: an unselected run at a seed not in
+        `avoid`, the least used so far (candidates spread over the parent's seeds)."""
+        if not self.pairing:
+            return None
+        runs = [r for r in self.seed_runs(parent) if r["seed"] is not None]
+        runs = [r for r in runs if r["seed"] not in set(avoid)]
+        if not runs:
+            return None
+        best = min(runs, key=lambda r: self._pair_uses.get(r["trial_id"], 0))
+        self._pair_uses[best["trial_id"]] = self._pair_uses.get(best["trial_id"], 0) + 1
+        return best
 
     def context(self, line: Line) -> ProposalContext:
         return ProposalContext(
@@ -150,12 +187,15 @@ class Campaign:
         )
 
     def _next_id(self) -> str:
-        nums = [
-            int(t[1:])
-            for t in [*(r["trial_id"] for r in self.rows), *self.inflight, *self.used_ids]
-            if t and t[0] == "t" and t[1:].isdigit()
-        ]
-        return f"t{max(nums, default=0) + 1:04d}"
+        if self._last_id is None:  # every id is made here after the ledger is read
+            nums = [
+                int(t[1:])
+                for t in [*(r["trial_id"] for r in self.rows), *self.inflight, *self.used_ids]
+                if t and t[0] == "t" and t[1:].isdigit()
+            ]
+            self._last_id = max(nums, default=0)
+        self._last_id += 1
+        return f"t{self._last_id:04d}"
 
     # ------------------------------------------------------------------ start / resume
 
@@ -260,6 +300,9 @@ class Campaign:
         d = row.to_dict()
         self.ledger.append(d)
         self.rows.append(d)
+        tid = d["trial_id"]
+        if self._last_id is not None and tid[1:].isdigit():  # a resumed trial keeps its id
+            self._last_id = max(self._last_id, int(tid[1:]))
         return d
 
     def record(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> dict:
@@ -278,7 +321,10 @@ class Campaign:
         line: Line | int = 0,
         proposal: dict | None = None,
         queued: bool = False,
+        pair: dict | None = None,
     ) -> TrialSpec:
+        """A trial, journaled. With `pair` (a ledger row of the parent) it runs at that row's
+        seed and records it as `paired_with`; else at a fresh seed."""
         tid = self._next_id()
         spec = TrialSpec(
             trial_id=tid,
@@ -288,10 +334,11 @@ class Campaign:
             parent_sha=parent,
             commit_sha=commit,
             patch="",
-            seed=self.trial_seed(tid, commit),
+            seed=pair["seed"] if pair else self.trial_seed(tid, commit),
             budget=self.budget,
             target=self.cfg.trial.target,
             protocol=self.cfg.trial.protocol,
+            paired_with=pair["trial_id"] if pair else None,
         )
         self.inflight[tid] = {"spec": asdict(spec), "proposal": proposal}
         if queued:
@@ -344,7 +391,8 @@ class Campaign:
             f"{p.description}\n\nproposer: {p.proposer}" + (f" ({p.model})" if p.model else ""),
         )
         self._sources[sha] = source
-        spec = self.make_spec("candidate", sha, p.parent_sha, line, proposal=asdict(p))
+        pair = self.pair_for(p.parent_sha)
+        spec = self.make_spec("candidate", sha, p.parent_sha, line, asdict(p), pair=pair)
         self.git.set_ref(f"refs/autoresearch/{self.cfg.tag}/{spec.trial_id}", sha)
         return spec
 

@@ -336,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
         "lines",
     )
     p.add_argument(
+        "--no-pairing",
+        dest="paired",
+        action="store_false",
+        help="run candidates at fresh seeds and gate on unpaired runs (default: at a seed of "
+        "their parent's, judged on the paired difference once its noise is measured)",
+    )
+    p.add_argument(
         "--proposals-ahead",
         type=int,
         default=None,

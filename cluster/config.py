@@ -90,6 +90,7 @@ class SearchSettings:
     per_round: int | None = None  # candidates per round (default: workers)
     proposals_ahead: int | None = None
     seed: int = 0
+    paired: bool = True  # candidates run at a seed of their parent's; the gate judges pairs
     stack: bool = True  # rounds: confirm the round's screened winners on different lines as one
     islands: int = _flag(conv=lambda k: max(2, k), default=4)  # population: K lines (>= 2)
     migrate_every: int | None = None  # population: exploit every M results (default 2 x workers)

@@ -91,6 +91,11 @@ class View:
             if (line is None or s.island == line.index) and (kind is None or s.kind == kind)
         )
 
+    def pending(self, sha: str) -> list[TrialSpec]:
+        """Trials of a commit queued or running, not finished."""
+        queued = [s for x in self.lines for s in x.follow_ups]
+        return [s for s in [*queued, *self._d.running.values()] if s.commit_sha == sha]
+
     def queued(self, line: Line | None = None) -> int:
         lines = [line] if line else self.lines
         return sum(len(x.follow_ups) for x in lines)
@@ -99,17 +104,30 @@ class View:
         """Candidates run, running or queued in this campaign, before a resume too (--trials K
         is the campaign's K, not each driver's); invalid ones do not count."""
         camp = self.camp
-        done = {r["commit_sha"] for r in camp.rows if r["kind"] == "candidate" and r["commit_sha"]}
+        done = camp.index().candidates
         run = {s.commit_sha for s in self._d.running.values() if s.kind == "candidate"}
         queued = {s.commit_sha for x in self.lines for s in x.follow_ups if s.kind == "candidate"}
         return len(done | run | queued)
 
     # -- doing
+    def pair_noise_dof(self) -> tuple[float | None, int]:
+        return self.camp.pair_noise_dof()
+
+    def row(self, trial_id: str | None) -> dict | None:
+        return self.camp.row(trial_id)
+
     def spec(
-        self, kind: str, commit: str, parent: str, line: Line, proposal: dict | None = None
+        self,
+        kind: str,
+        commit: str,
+        parent: str,
+        line: Line,
+        proposal: dict | None = None,
+        pair: dict | None = None,
     ) -> TrialSpec:
-        """A trial to queue (journaled now, so a killed driver's resume runs it)."""
-        return self.camp.make_spec(kind, commit, parent, line, proposal, queued=True)
+        """A trial to queue (journaled now, so a killed driver's resume runs it); with
+        `pair` (a run of the parent) at that run's seed, paired with it."""
+        return self.camp.make_spec(kind, commit, parent, line, proposal, queued=True, pair=pair)
 
     def queue(self, spec: TrialSpec, line: Line, front: bool = False) -> None:
         line.queue(spec, front)
@@ -207,6 +225,7 @@ class Driver:
         self.invalid_streak = self.pauses = self.invalid_pauses = 0
         self.paused_until: float | None = None
         self.view = View(self)
+        camp.pairing = camp.pairing_allowed() and getattr(strategy, "pairs", False)
 
     def run(self) -> None:
         camp, ex, strategy = self.camp, self.executor, self.strategy
@@ -214,9 +233,7 @@ class Driver:
             camp.say(f"re-running {len(camp.requeue)} trial(s) lost when the driver stopped")
             for old, proposal in camp.requeue:
                 line = camp.lines[old.island or 0]
-                self.view.queue(
-                    self.view.spec(old.kind, old.commit_sha, old.parent_sha, line, proposal), line
-                )
+                self.view.queue(self.again(old, line, proposal), line)
         while True:
             while ex.idle():
                 spec = strategy.next_trial(self.view)
@@ -334,10 +351,15 @@ class Driver:
         camp.journal()
         if result.status == "lost" and self.requeues.get(spec.commit_sha, 0) < MAX_REQUEUES:
             self.requeues[spec.commit_sha] = self.requeues.get(spec.commit_sha, 0) + 1
-            again = self.view.spec(spec.kind, spec.commit_sha, spec.parent_sha, line, proposal)
+            again = self.again(spec, line, proposal)
             camp.say(f"{spec.trial_id} lost ({result.error[:80]}); re-running as {again.trial_id}")
             self.view.queue(again, line, front=True)
         self._incumbent_trains(line, row)
+
+    def again(self, old: TrialSpec, line: Line, proposal: dict | None) -> TrialSpec:
+        """A lost trial's re-run: the same trial, paired with the same run when it was."""
+        pair = {"seed": old.seed, "trial_id": old.paired_with} if old.paired_with else None
+        return self.view.spec(old.kind, old.commit_sha, old.parent_sha, line, proposal, pair)
 
     def _incumbent_trains(self, line: Line, row: TrialRow) -> None:
         """Every run of an incumbent failed and none is left to try: nothing can be judged."""

@@ -49,6 +49,7 @@ class TrialSpec:
     budget: str
     target: str = "trainer/train.py"
     protocol: str = "referee"  # or "autoresearch" (self-reported metric)
+    paired_with: str | None = None  # the parent's run at this seed (paired comparison), if any
 
 
 def asdict(record: Any) -> dict[str, Any]:

@@ -84,6 +84,7 @@ class TrialRow:
     status: Status
     val_bpb: float | None = None
     seed: int | None = None
+    paired_with: str | None = None  # trial id of the parent's run at the same seed (CRN)
     budget: str | None = None
     training_seconds: float | None = None
     total_seconds: float | None = None
@@ -153,6 +154,7 @@ class TrialRow:
             status=status or (Status.DISCARD if result.status == "ok" else result.status),
             val_bpb=result.val_bpb,
             seed=spec.seed,
+            paired_with=spec.paired_with,
             budget=spec.budget,
             training_seconds=result.training_seconds,
             total_seconds=result.total_seconds,

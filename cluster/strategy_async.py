@@ -42,6 +42,7 @@ from cluster.records import Proposal, TrialSpec
 from cluster.strategy import Verdict
 from cluster.tactics import (
     Limits,
+    confirm,
     confirm_words,
     judge_confirmation,
     proposal_meta,
@@ -69,6 +70,7 @@ class _LineState:
 
 class Async:
     name = "async"
+    pairs = True  # candidates run at their parent's seeds; the gate judges pairs (gate.py)
 
     def __init__(self, cfg, workers: int, lines: int = 1):
         self.cfg, self.lines = cfg, lines
@@ -224,8 +226,7 @@ class Async:
         if any(x.reps_pending[parent] for x in view.lines):
             st.deferred.append(row)  # judge it against the replicates being run
             return Verdict.DISCARD
-        noise = view.noise_dof()[0]
-        promising, gain, _ = screen(view, row.get("val_bpb"), parent)
+        promising, gain, need = screen(view, row)
         if gain is None:
             return Verdict.DISCARD
         if promising:
@@ -237,12 +238,10 @@ class Async:
                 st.rebases.append(row)
                 return Verdict.DISCARD
             view.say(f"{row['trial_id']} looks better (gain {gain:.4f}); {confirm_words(view)}")
-            view.queue(view.spec("baseline", parent, parent, line), line)
             st.screened[row["commit_sha"]] = row
-            meta = proposal_meta(row)
-            view.queue(view.spec("confirm", row["commit_sha"], parent, line, meta), line)
+            confirm(view, line, row, row["commit_sha"], proposal_meta(row))
             return Verdict.FOLLOW_UP
-        if gain > NEAR_MISS_SIGMA * noise:
+        if gain > NEAR_MISS_SIGMA * need / view.gate.noise_multiple:  # > 1 std of its test
             self.near_miss(view, line, row)
         return Verdict.DISCARD
 

@@ -29,6 +29,7 @@ from cluster.strategy_async import Async
 
 class Population:
     name = "population"
+    pairs = True  # as async, whose machinery it runs
 
     def __init__(self, cfg, workers: int):
         self.cfg = cfg

@@ -15,6 +15,7 @@ from cluster.records import Proposal
 from cluster.strategy import Verdict
 from cluster.tactics import (
     Limits,
+    confirm,
     confirm_words,
     judge_confirmation,
     proposal_meta,
@@ -26,6 +27,7 @@ from cluster.tactics import (
 
 class Rounds:
     name, lines = "rounds", 1
+    pairs = True  # candidates run at their parent's seeds; the gate judges pairs (gate.py)
 
     def __init__(self, cfg, workers: int):
         self.cfg, self.workers = cfg, workers
@@ -90,22 +92,21 @@ class Rounds:
         """The round's candidates are all in: confirm the best if it passes the screen."""
         n, self.open = self.open, None
         self.rounds_done += 1
-        scored = sorted(
-            (
-                r
-                for r in view.rows
-                if r["kind"] == "candidate"
-                and r["round"] == n
-                and r["val_bpb"] is not None
-                and r["status"] == "discard"
-                and r["parent_sha"] == line.head
-            ),
-            key=lambda r: r["val_bpb"],
-        )
+        scored = [
+            r
+            for r in view.rows
+            if r["kind"] == "candidate"
+            and r["round"] == n
+            and r["val_bpb"] is not None
+            and r["status"] == "discard"
+            and r["parent_sha"] == line.head
+        ]
         if not scored:
             return
-        best = scored[0]
-        promising, gain, need = screen(view, best["val_bpb"], line.head)
+        # Best first by the gate's own evidence (the paired gain when pairs judge: runs at
+        # different seeds are not comparable by val_bpb alone).
+        judged = sorted(((screen(view, r), r) for r in scored), key=lambda x: -(x[0][1] or 0.0))
+        (promising, gain, need), best = judged[0]
         if gain is None:
             return
         if not promising:
@@ -114,10 +115,8 @@ class Rounds:
                 f"incumbent by {need:.4f} ({view.gate.noise_multiple:g} x noise)"
             )
             return
-        inc = line.head
-        passing = [r for r in scored if screen(view, r["val_bpb"], inc)[0]]
+        passing = [r for (ok, _, _), r in judged if ok]
         stack = self.stack(view, line, passing)
-        view.queue(view.spec("baseline", inc, inc, line), line)
         if stack is not None:
             spec, parts = stack
             view.say(
@@ -128,11 +127,10 @@ class Rounds:
             meta = view.camp.proposal_of(spec) or {}
             view.camp.dropped(spec)  # confirmed as a whole, not screened again
             self.fallback[spec.commit_sha] = best
-            view.queue(view.spec("confirm", spec.commit_sha, inc, line, meta), line)
+            confirm(view, line, None, spec.commit_sha, meta)
             return
         view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
-        meta = proposal_meta(best)
-        view.queue(view.spec("confirm", best["commit_sha"], inc, line, meta), line)
+        confirm(view, line, best, best["commit_sha"], proposal_meta(best))
 
     def stack(self, view, line, passing: list[dict]):
         """The screened winners of a round that change different lines, stacked on the
@@ -176,8 +174,7 @@ class Rounds:
                     f"{row.trial_id}: the stack is not confirmed; confirming "
                     f"{best['trial_id']} alone"
                 )
-                meta = proposal_meta(best)
-                view.queue(view.spec("confirm", best["commit_sha"], line.head, line, meta), line)
+                confirm(view, line, best, best["commit_sha"], proposal_meta(best))
             return verdict
         return Verdict.DISCARD
 

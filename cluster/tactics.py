@@ -6,7 +6,11 @@
   runs before candidates are judged against it (4+: with 2, Student's t widens the gate 6x).
 - `judge_confirmation(view, row)`: a fresh run of a screened candidate merges when it beats
   its parent's runs through the gate and the parent is still its line's incumbent.
-- `screen(view, val_bpb, parent)`: whether a candidate's first run is worth confirming.
+- `screen(view, row)`: whether a candidate's first run is worth confirming.
+- `evidence(view, row, k)`: a run's gain over its parent and the gain the gate asks: paired
+  (against the parent's run at the same seed) when the campaign judges pairs, else against
+  the mean of the parent's runs (cluster/gate.py says which, and why).
+- `confirm(view, line, cand, commit, meta)`: queue a confirmation, paired when it can be.
 """
 
 from __future__ import annotations
@@ -68,10 +72,25 @@ def confirm_words(view: View) -> str:
     return f"confirming with {run} beside a fresh incumbent run"
 
 
+# A later incumbent (one a merge made) is measured with this many runs when pairs judge: its
+# confirmation plus replicates at its parent's seeds. Its candidates pair with those runs,
+# and the replicates' differences from the parent measure the noise of a pair (3 degrees of
+# freedom per merge), so more replicates would only wait.
+PAIRED_REPLICATES = 4
+# A confirmation runs beside a fresh incumbent run until the incumbent has this many runs
+# (seeds for pairs, and a check on drift); after that, paired confirmations run alone.
+FRESH_RUNS_UNTIL = 8
+
+
 def top_up(view: View, line: Line, n: int) -> bool:
     """Queue replicates until the line's incumbent has n runs (one more while the noise is
-    unknown). After a merge it has only its confirmation run. True if any was queued."""
+    unknown). After a merge it has only its confirmation run; when pairs judge, it then gets
+    PAIRED_REPLICATES runs at seeds of its parent's runs, each paired with one. True if any
+    was queued."""
     inc = line.head
+    source = view.camp.merged_from(inc) if view.camp.pairing else None
+    if source is not None:
+        n = min(n, PAIRED_REPLICATES)
     have = len(view.runs_of(inc)) + line.reps_pending[inc]
     missing = n - have
     if view.noise_dof()[0] is None and not line.reps_pending[inc]:
@@ -80,31 +99,61 @@ def top_up(view: View, line: Line, n: int) -> bool:
         where = f" of island {line.index}" if len(view.lines) > 1 else ""
         seeds = "(train.py fixes its seed)" if fixed_seed(view) else "with varied seeds"
         view.say(f"measuring noise: {missing} incumbent replicate(s){where} {seeds}")
+    used = {r["seed"] for r in view.rows if r["commit_sha"] == inc} if missing > 0 else set()
+    used |= {s.seed for s in view.pending(inc)}
     for _ in range(missing):
-        view.queue(view.spec("baseline", inc, inc, line), line)
+        pair = view.camp.pair_for(source, avoid=used) if source is not None else None
+        spec = view.spec("baseline", inc, inc, line, pair=pair)
+        used.add(spec.seed)
+        view.queue(spec, line)
     return missing > 0
+
+
+def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, float, bool]:
+    """(gain, the gain the gate asks at `multiple`, paired) of one run of a candidate. Paired:
+    its parent's run at the same seed minus it, against multiple x the noise of a pair;
+    chosen when the campaign pairs, the run has a partner, and the paired noise is measured
+    and asks less than the unpaired test (a property of the campaign, not of this run).
+    Else: the mean of the parent's runs minus it. gain None: nothing to judge against yet."""
+    val, runs = row.get("val_bpb"), view.runs_of(row.get("parent_sha") or "")
+    noise, dof = view.noise_dof()
+    if val is None or not noise or not runs:
+        return None, 0.0, False
+    gate = view.gate
+    need = gate.threshold(noise, len(runs), multiple, dof)
+    partner = view.row(row.get("paired_with"))
+    pair_noise, pair_dof = view.pair_noise_dof()
+    if view.camp.pairing and partner is not None and partner["val_bpb"] is not None and pair_noise:
+        pair_need = gate.pair_threshold(pair_noise, multiple, pair_dof)
+        if pair_need < need:
+            return float(partner["val_bpb"]) - val, pair_need, True
+    return sum(runs) / len(runs) - val, need, False
+
+
+def confirm(view: View, line: Line, cand: dict | None, commit: str, meta: dict) -> None:
+    """Queue the confirmation of `commit` (screened as `cand`, or None: a stack nobody ran):
+    at a seed of another of the parent's runs, paired with it (a second pair), beside a fresh
+    incumbent run while the incumbent has fewer than FRESH_RUNS_UNTIL runs or no other seed
+    to pair with (then the confirmation is judged against the mean of the parent's runs)."""
+    parent = line.head
+    avoid = {cand.get("seed")} if cand else set()
+    pair = view.camp.pair_for(parent, avoid=avoid)
+    if pair is None or len(view.runs_of(parent)) < FRESH_RUNS_UNTIL:
+        view.queue(view.spec("baseline", parent, parent, line), line)
+    view.queue(view.spec("confirm", commit, parent, line, meta, pair=pair), line)
 
 
 def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:
     """(verdict, stale): stale when it passed but its parent is no longer the incumbent."""
-    runs = view.runs_of(row.parent_sha)
-    noise, dof = view.noise_dof()
-    if row.val_bpb is None or not noise or not runs:
-        return Verdict.DISCARD, False
-    if not view.gate.confirmed(row.val_bpb, runs, noise, dof):
+    gain, need, _ = evidence(view, row.to_dict(), view.gate.confirm_multiple)
+    if gain is None or not gain > need:
         return Verdict.DISCARD, False
     if view.lines[row.island or 0].head == row.parent_sha:
         return Verdict.MERGE, False
     return Verdict.DISCARD, True
 
 
-def screen(view: View, val_bpb: float | None, parent: str) -> tuple[bool, float | None, float]:
-    """(promising, gain over the parent's mean, the gain the gate asks) of a screening run."""
-    runs = view.runs_of(parent)
-    noise, dof = view.noise_dof()
-    if val_bpb is None or not noise or not runs:
-        return False, None, 0.0
-    gate = view.gate
-    need = gate.threshold(noise, len(runs), gate.noise_multiple, dof)
-    gain = sum(runs) / len(runs) - val_bpb
-    return gate.promising(val_bpb, runs, noise, dof), gain, need
+def screen(view: View, row: dict) -> tuple[bool, float | None, float]:
+    """(promising, gain, the gain the gate asks) of a candidate's screening run."""
+    gain, need, _ = evidence(view, row, view.gate.noise_multiple)
+    return gain is not None and gain > need, gain, need
