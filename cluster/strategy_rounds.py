@@ -37,6 +37,7 @@ class Rounds:
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
         self.pauses_at_open = 0
+        self.busy_at_open = 0  # follow-ups running when the open round started
         self.fallback: dict[str, dict] = {}  # a stack's commit -> the round's best, if it fails
         self.stacking = cfg.search.stack
 
@@ -44,8 +45,12 @@ class Rounds:
         return {}
 
     def per_round(self, view) -> int:
-        """--per-round, else the workers wanted now (they follow the cluster with auto)."""
-        return self.cfg.search.per_round or view.workers() or self.workers
+        """--per-round, else the workers wanted now (they follow the cluster with auto), less
+        those still running the last round's confirmation when this one opened: a round that
+        waited for them would hold every other worker idle for a trial at its barrier."""
+        if self.cfg.search.per_round:
+            return self.cfg.search.per_round
+        return max(1, (view.workers() or self.workers) - self.busy_at_open)
 
     def stopping(self, view) -> bool:
         if self.rounds_done is None:  # a resume goes on counting: rounds begun before it count
@@ -77,6 +82,7 @@ class Rounds:
             return None
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
+        self.busy_at_open = view.running(line, "baseline") + view.running(line, "confirm")
         self.open, self.taken = view.start_round(), 0
         self.pauses_at_open = view.invalid_pauses()
         return self.next_trial(view)
