@@ -208,7 +208,8 @@ class Sim:
     ):
         self.strategy, self.n, self.obj, self.sigma = strategy, workers, obj, noise
         self.horizon, self.seed, self.jitter, self.budget_s = horizon, seed, jitter, budget_s
-        # "rounds-nostack": rounds confirming only each round's best (the stack's baseline)
+        # "rounds-nostack": rounds confirming only each round's best (the stack's baseline);
+        # "async-unpaired" (any strategy): fresh seeds, the unpaired gate (--no-pairing)
         base, _, variant = strategy.partition("-")
         k = min(islands, max(2, workers)) if base == "population" else 1
         self.cfg = CampaignConfig.build(
@@ -216,6 +217,7 @@ class Sim:
             target=TARGET_FILE,
             strategy=base,
             stack=variant != "nostack",
+            paired=variant != "unpaired",
             hours=horizon * budget_s / 3600,
             seed=seed,
             islands=k,

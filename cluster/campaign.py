@@ -280,8 +280,34 @@ class Campaign:
 
     # ------------------------------------------------------------------ recording
 
+    def paired_test(self, parent: str) -> bool:
+        """Whether a paired run on `parent` is judged on its paired difference: the campaign
+        pairs, the noise of pairs is measured, and it asks a smaller gain than the unpaired
+        test would (k x pair noise x t against k x noise x sqrt(1 + 1/m) x t, m = the parent's
+        runs). It depends on the campaign's estimates, never on the run being judged."""
+        pair_noise, pair_dof = self.pair_noise_dof()
+        noise, dof = self.noise_dof()
+        runs = self.runs_of(parent)
+        if not (self.pairing and pair_noise and noise and runs):
+            return False
+        return self.gate.pair_threshold(pair_noise, 1.0, pair_dof) < self.gate.threshold(
+            noise, len(runs), 1.0, dof
+        )
+
     def draft(self, spec: TrialSpec, proposal: dict | None, result: TrialResult) -> TrialRow:
-        """The row a finished trial makes, before the strategy's verdict sets its status."""
+        """The row a finished trial makes, before the strategy's verdict sets its status.
+        Its `incumbent_bpb` and `noise` are what it is judged against: the parent's run at
+        its seed and the noise of pairs when paired (paired_test), else the parent's mean and
+        the noise of a run (always for replicates)."""
+        partner = self.row(spec.paired_with)
+        if spec.kind != "baseline" and partner is not None and self.paired_test(spec.parent_sha):
+            return TrialRow.build(
+                spec,
+                proposal,
+                result,
+                noise=self.pair_noise_dof()[0],
+                incumbent_bpb=partner["val_bpb"],
+            )
         # The mean of the commit the trial was run against (async: maybe no longer the incumbent)
         inc = self.runs_of(spec.parent_sha) or self.runs_of(self.lines[spec.island or 0].head)
         return TrialRow.build(

@@ -200,7 +200,7 @@ def campaign_summary(
             | {"val_bpb": r.get("val_bpb"), "gain": _gain(r)}
             for r in merged
         ],
-        "noise": _noise(rows, baselines),
+        "noise": _noise(baselines),
         # What the provider billed: llm_calls.jsonl (every answer, whatever became of it);
         # a campaign from before that log has only its rows' share.
         **(spend_totals(spend) if spend else {**spend_totals(rows), "answers": None}),
@@ -273,9 +273,10 @@ def _gain(row: dict[str, Any]) -> float | None:
     return inc - bpb if inc is not None and bpb is not None else None
 
 
-def _noise(rows: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> float | None:
-    """The driver's latest noise estimate, else the spread of the first code's replicates."""
-    recorded = [r["noise"] for r in rows if r.get("noise") is not None]
+def _noise(baselines: list[dict[str, Any]]) -> float | None:
+    """The driver's latest noise estimate of a run (a replicate's: a paired candidate's is the
+    noise of a pair), else the spread of the first code's replicates."""
+    recorded = [r["noise"] for r in baselines if r.get("noise") is not None]
     if recorded:
         return recorded[-1]
     if not baselines:

@@ -110,23 +110,22 @@ def top_up(view: View, line: Line, n: int) -> bool:
 
 
 def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, float, bool]:
-    """(gain, the gain the gate asks at `multiple`, paired) of one run of a candidate. Paired:
-    its parent's run at the same seed minus it, against multiple x the noise of a pair;
-    chosen when the campaign pairs, the run has a partner, and the paired noise is measured
-    and asks less than the unpaired test (a property of the campaign, not of this run).
-    Else: the mean of the parent's runs minus it. gain None: nothing to judge against yet."""
-    val, runs = row.get("val_bpb"), view.runs_of(row.get("parent_sha") or "")
+    """(gain, the gain the gate asks at `multiple`, paired) of one run of a candidate. Paired
+    (Campaign.paired_test): its parent's run at the same seed minus it, against multiple x the
+    noise of a pair. Else the mean of the parent's runs minus it, against multiple x noise x
+    sqrt(1 + 1/m). gain None: nothing to judge against yet."""
+    val, parent = row.get("val_bpb"), row.get("parent_sha") or ""
+    runs = view.runs_of(parent)
     noise, dof = view.noise_dof()
     if val is None or not noise or not runs:
         return None, 0.0, False
     gate = view.gate
-    need = gate.threshold(noise, len(runs), multiple, dof)
     partner = view.row(row.get("paired_with"))
-    pair_noise, pair_dof = view.pair_noise_dof()
-    if view.camp.pairing and partner is not None and partner["val_bpb"] is not None and pair_noise:
-        pair_need = gate.pair_threshold(pair_noise, multiple, pair_dof)
-        if pair_need < need:
-            return float(partner["val_bpb"]) - val, pair_need, True
+    if partner is not None and view.camp.paired_test(parent):
+        pair_noise, pair_dof = view.pair_noise_dof()
+        need = gate.pair_threshold(pair_noise, multiple, pair_dof)
+        return float(partner["val_bpb"]) - val, need, True
+    need = gate.threshold(noise, len(runs), multiple, dof)
     return sum(runs) / len(runs) - val, need, False
 
 

@@ -1,0 +1,120 @@
+"""Paired comparisons (common random numbers): a candidate runs at a seed on which its parent
+has an unselected run, the ledger records which (`paired_with`), a new incumbent's replicates
+run at its parent's seeds (those pairs measure the noise of a difference), and the gate judges
+paired differences once that noise is measured and asks less than the unpaired test. On the
+simulator (the real driver, strategies and gate; simulated clock): deterministic, no Ray."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.campaign import Campaign, CampaignConfig
+from cluster.gate import Gate, RowIndex
+from cluster.ledger import MemoryLedger
+from cluster.repo import MemoryRepo
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "search_sim.py"
+_spec = importlib.util.spec_from_file_location("search_sim_pairing", _PATH)
+sim = importlib.util.module_from_spec(_spec)
+sys.modules["search_sim_pairing"] = sim
+_spec.loader.exec_module(sim)
+
+
+def _run(strategy: str, n: int = 4, seed: int = 1, horizon: float = 120, **obj):
+    objective = sim.HardObjective(headroom=0.2, **obj)
+    return sim.Sim(strategy, n, objective, noise=0.015, horizon=horizon, seed=seed).run()
+
+
+@pytest.mark.parametrize("strategy", ["rounds", "async"])
+def test_candidates_run_at_their_parents_seeds_and_later_incumbents_measure_pairs(strategy):
+    s = _run(strategy)
+    rows, camp = s.camp.rows, s.camp
+    by_id = {r["trial_id"]: r for r in rows}
+    cands = [r for r in rows if r["kind"] == "candidate" and r["val_bpb"] is not None]
+    paired = [r for r in cands if r["paired_with"]]
+    assert len(paired) >= 0.9 * len(cands) and len(cands) > 50
+    for r in paired:
+        partner = by_id[r["paired_with"]]
+        assert partner["seed"] == r["seed"]
+        assert partner["commit_sha"] == r["parent_sha"]
+        assert partner["kind"] in ("baseline", "confirm") and partner["val_bpb"] is not None
+    merged = [r for r in rows if r["merged"]]
+    assert len(merged) >= 2
+    for m in merged:  # the new incumbent's replicates: at its parent's seeds, paired with them
+        # (later ones beside confirmations, at fresh seeds, add seeds to pair with)
+        reps = [r for r in rows if r["kind"] == "baseline" and r["commit_sha"] == m["commit_sha"]]
+        screened = {
+            r["seed"]
+            for r in rows
+            if r["kind"] == "candidate" and r["commit_sha"] == m["commit_sha"]
+        }
+        assert reps and reps[0]["paired_with"], m["trial_id"]
+        for r in [r for r in reps if r["paired_with"]]:
+            assert by_id[r["paired_with"]]["commit_sha"] == m["parent_sha"]
+            assert r["seed"] not in screened  # never the selected screening run's seed again
+    # A shared seed effect (rho^2 0.86): a pair's noise is about sqrt(2 x 0.14) of a run's.
+    pair_noise, pair_dof = camp.pair_noise_dof()
+    assert pair_dof >= 4
+    assert pair_noise < 0.75 * camp.noise()
+    # ... so the gate judged by pairs: rows decided then carry the partner's value and that noise
+    judged = [r for r in paired if r["incumbent_bpb"] == by_id[r["paired_with"]]["val_bpb"]]
+    assert len(judged) >= 0.3 * len(paired)
+    assert all(r["noise"] < 0.75 * camp.noise() for r in judged)
+
+
+def test_no_pairing_runs_fresh_seeds_and_the_unpaired_gate():
+    s = _run("async-unpaired", horizon=60)
+    assert not any(r["paired_with"] for r in s.camp.rows)
+    assert s.camp.pair_noise_dof() == (None, 0)
+    seeds = [r["seed"] for r in s.camp.rows if r["val_bpb"] is not None]
+    assert len(seeds) == len(set(seeds))  # a fresh seed per trial
+
+
+def test_greedy_and_the_autoresearch_protocol_do_not_pair():
+    s = _run("greedy", horizon=40)
+    assert not any(r["paired_with"] for r in s.camp.rows)  # autoresearch's rule as it is
+    cfg = CampaignConfig.build(tag="p", target="train.py", protocol="autoresearch")
+    camp = Campaign(cfg, repo=MemoryRepo({"train.py": "X = 1\n"}), ledger=MemoryLedger())
+    assert not camp.pairing_allowed()  # train.py fixes its own seed: nothing to pair with
+
+
+@pytest.mark.parametrize("strategy", ["rounds", "async"])
+def test_the_paired_gate_stops_truly_worse_merges_with_a_shared_seed_effect(strategy):
+    # At the optimum every change hurts; runs at one seed share most of their noise, which a
+    # gate on paired differences must not mistake for a gain.
+    worse = sum(
+        _run(strategy, seed=k, horizon=96, start_at_optimum=True).worse for k in range(4)
+    )
+    ungated = sum(_run("greedy", seed=k, horizon=96, start_at_optimum=True).worse for k in range(4))
+    assert ungated >= 10
+    assert worse <= 1
+
+
+def test_pair_noise_counts_only_unselected_pairs_of_one_commit_against_one_parent():
+    def row(tid, sha, val, kind="baseline", paired=None, status="keep"):
+        return dict(
+            trial_id=tid, commit_sha=sha, val_bpb=val, kind=kind, paired_with=paired, status=status
+        )
+
+    rows = [
+        row("t1", "p", 1.00),
+        row("t2", "p", 1.10),
+        row("t3", "p", 0.90),
+        row("t4", "c", 0.95, "candidate", "t1", "discard"),  # selected: not evidence
+        row("t5", "c", 1.06, "confirm", "t2"),
+        row("t6", "c", 0.87, "baseline", "t3"),
+        row("t7", "d", 0.80, "baseline", "t4"),  # paired with a screening run: left out
+        row("t8", "d", 0.70, "baseline", "t4"),
+    ]
+    diffs = [1.06 - 1.10, 0.87 - 0.90]
+    noise, dof = Gate.pair_noise_dof(rows)
+    assert dof == 1 and noise == pytest.approx(statistics.stdev(diffs))
+    index = RowIndex(rows[:4])  # kept up to date as rows arrive: the same answer
+    assert index.pair_noise_dof() == (None, 0)
+    assert index.update(rows).pair_noise_dof() == (noise, dof)
+    assert index.runs["c"] == [1.06, 0.87] and index.candidates == {"c"}
