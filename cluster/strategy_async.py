@@ -43,7 +43,6 @@ from cluster.strategy import Verdict
 from cluster.tactics import (
     Limits,
     confirm,
-    confirm_words,
     judge_confirmation,
     proposal_meta,
     replicates,
@@ -237,9 +236,9 @@ class Async:
                 )
                 st.rebases.append(row)
                 return Verdict.DISCARD
-            view.say(f"{row['trial_id']} looks better (gain {gain:.4f}); {confirm_words(view)}")
             st.screened[row["commit_sha"]] = row
-            confirm(view, line, row, row["commit_sha"], proposal_meta(row))
+            words = confirm(view, line, row, row["commit_sha"], proposal_meta(row))
+            view.say(f"{row['trial_id']} looks better (gain {gain:.4f}); {words}")
             return Verdict.FOLLOW_UP
         if gain > NEAR_MISS_SIGMA * need / view.gate.noise_multiple:  # > 1 std of its test
             self.near_miss(view, line, row)

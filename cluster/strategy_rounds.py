@@ -16,7 +16,6 @@ from cluster.strategy import Verdict
 from cluster.tactics import (
     Limits,
     confirm,
-    confirm_words,
     judge_confirmation,
     proposal_meta,
     replicates,
@@ -95,9 +94,13 @@ class Rounds:
         return view.invalid_pauses() > self.pauses_at_open or view.proposals_spent()
 
     def close_round(self, view, line) -> None:
-        """The round's candidates are all in: confirm the best if it passes the screen."""
+        """The round's candidates are all in: confirm the best if it passes the screen (with
+        the others that pass on different lines, as one stack). A round that ran while the
+        last one's confirmation merged ran on the old incumbent: its winners, screened against
+        that parent, are re-applied to the new one and confirmed there, not thrown away."""
         n, self.open = self.open, None
         self.rounds_done += 1
+        parents = {line.head, view.camp.merged_from(line.head)} - {None}
         scored = [
             r
             for r in view.rows
@@ -105,7 +108,7 @@ class Rounds:
             and r["round"] == n
             and r["val_bpb"] is not None
             and r["status"] == "discard"
-            and r["parent_sha"] == line.head
+            and r["parent_sha"] in parents
         ]
         if not scored:
             return
@@ -122,48 +125,66 @@ class Rounds:
             )
             return
         passing = [r for (ok, _, _), r in judged if ok]
+        if not self.stacking:  # --no-stack: the best alone
+            passing = passing[:1]
         stack = self.stack(view, line, passing)
+        if stack is None and best["parent_sha"] != line.head:
+            return  # the stale best no longer applies (recorded invalid) or is in already
         if stack is not None:
             spec, parts = stack
-            view.say(
-                f"round {n}: {len(parts)} candidates pass the screen on different lines "
-                f"({', '.join(r['trial_id'] for r in parts)}); {confirm_words(view)} of their "
-                f"stack, then of {best['trial_id']} alone if the stack fails"
-            )
+            alone = next((r for r in parts if r["parent_sha"] == line.head), None)
             meta = view.camp.proposal_of(spec) or {}
             view.camp.dropped(spec)  # confirmed as a whole, not screened again
-            self.fallback[spec.commit_sha] = best
-            confirm(view, line, None, spec.commit_sha, meta)
+            if alone is not None and len(parts) > 1:
+                self.fallback[spec.commit_sha] = alone
+            words = confirm(view, line, None, spec.commit_sha, meta)
+            if len(parts) > 1:
+                view.say(
+                    f"round {n}: {len(parts)} candidates pass the screen on different lines "
+                    f"({', '.join(r['trial_id'] for r in parts)}); {words}, for their stack"
+                    + (f"; then {alone['trial_id']} alone if it fails" if alone else "")
+                )
+            else:
+                view.say(
+                    f"round {n}: {best['trial_id']} looks better on {best['parent_sha'][:10]}, "
+                    f"the incumbent before the last merge; re-applied to {line.head[:10]}, {words}"
+                )
             return
-        view.say(f"round {n}: {best['trial_id']} looks better; {confirm_words(view)}")
-        confirm(view, line, best, best["commit_sha"], proposal_meta(best))
+        words = confirm(view, line, best, best["commit_sha"], proposal_meta(best))
+        view.say(f"round {n}: {best['trial_id']} looks better; {words}")
 
     def stack(self, view, line, passing: list[dict]):
-        """The screened winners of a round that change different lines, stacked on the
-        incumbent best first (a part whose lines a better one changed is left out); with
-        two or more parts, the stack committed as one candidate: (its spec, the parts).
-        None when fewer than two stack (or the stack is invalid: recorded)."""
-        if len(passing) < 2 or not self.stacking:
-            return None
+        """The screened winners of a round that change different lines, applied to the
+        incumbent best first (a part whose lines a better one changed is left out; a part
+        screened on the incumbent's parent is re-applied with a three-way merge); committed
+        as one candidate when two or more stack, or when the one part must be re-applied:
+        (its spec, the parts). None otherwise (or when the commit is invalid: recorded)."""
         inc = line.head
         base = view.source(inc)
         src, parts = base, []
         for r in passing:
-            if r["parent_sha"] != inc:
-                continue
             try:
-                src = merge3(base, src, view.source(r["commit_sha"]))
+                new = merge3(view.source(r["parent_sha"]), src, view.source(r["commit_sha"]))
             except PatchError:
-                continue  # the same lines as a better part: that one stays
-            parts.append(r)
-        if len(parts) < 2:
+                continue  # the same lines as a better part (or the merge that made inc)
+            if new != src:
+                src = new
+                parts.append(r)
+        if not parts or (len(parts) == 1 and parts[0]["parent_sha"] == inc):
             return None
         strip = lambda r: (r.get("description") or "").strip()  # noqa: E731
+        if len(parts) == 1:
+            r = parts[0]
+            text, proposer = f"re-run of {r['trial_id']} on {inc[:10]}: {strip(r)}", r["proposer"]
+        else:
+            text = "stack of " + " + ".join(f"{r['trial_id']} ({strip(r)})" for r in parts)
+            proposer = "stack"
         p = Proposal(
             parent_sha=inc,
             patch=make_patch(base, src, view.cfg.trial.target),
-            description="stack of " + " + ".join(f"{r['trial_id']} ({strip(r)})" for r in parts),
-            proposer="stack",
+            description=text,
+            proposer=proposer,
+            model=parts[0].get("model") if len(parts) == 1 else None,
         )
         spec = view.commit(p, line)
         return (spec, parts) if spec is not None else None

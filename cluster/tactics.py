@@ -67,7 +67,14 @@ def fixed_seed(view: View) -> bool:
     return view.cfg.trial.protocol == "autoresearch"
 
 
-def confirm_words(view: View) -> str:
+def confirm_words(view: View, pair: dict | None = None, fresh: bool = True) -> str:
+    """What a confirmation runs, for the console."""
+    if pair is not None:
+        beside = " and a fresh incumbent run" if fresh else ""
+        return (
+            f"confirming at seed {pair['seed']}, paired with the incumbent's run there "
+            f"({pair['trial_id']}){beside}"
+        )
     run = "a second run (train.py fixes its seed)" if fixed_seed(view) else "a fresh seed"
     return f"confirming with {run} beside a fresh incumbent run"
 
@@ -129,17 +136,20 @@ def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, floa
     return sum(runs) / len(runs) - val, need, False
 
 
-def confirm(view: View, line: Line, cand: dict | None, commit: str, meta: dict) -> None:
+def confirm(view: View, line: Line, cand: dict | None, commit: str, meta: dict) -> str:
     """Queue the confirmation of `commit` (screened as `cand`, or None: a stack nobody ran):
     at a seed of another of the parent's runs, paired with it (a second pair), beside a fresh
     incumbent run while the incumbent has fewer than FRESH_RUNS_UNTIL runs or no other seed
-    to pair with (then the confirmation is judged against the mean of the parent's runs)."""
+    to pair with (then the confirmation is judged against the mean of the parent's runs).
+    Returns what it queued, in words for the console."""
     parent = line.head
     avoid = {cand.get("seed")} if cand else set()
     pair = view.camp.pair_for(parent, avoid=avoid)
-    if pair is None or len(view.runs_of(parent)) < FRESH_RUNS_UNTIL:
+    fresh = pair is None or len(view.runs_of(parent)) < FRESH_RUNS_UNTIL
+    if fresh:
         view.queue(view.spec("baseline", parent, parent, line), line)
     view.queue(view.spec("confirm", commit, parent, line, meta, pair=pair), line)
+    return confirm_words(view, pair, fresh)
 
 
 def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:

@@ -46,16 +46,9 @@ def _consts(text: str) -> dict[str, float]:
 def _campaign(score, edits, **kw):
     repo = MemoryRepo({"train.py": SOURCE})
     said: list[str] = []
+    settings = dict(rounds=1, per_round=3, replicates=4, hours=10.0, seed=1)
     cfg = CampaignConfig.build(
-        tag="stack",
-        target="train.py",
-        strategy="rounds",
-        rounds=1,
-        per_round=3,
-        replicates=4,
-        hours=10.0,
-        seed=1,
-        **kw,
+        tag="stack", target="train.py", strategy="rounds", **{**settings, **kw}
     )
     camp = Campaign(cfg, repo=repo, ledger=MemoryLedger(), say=said.append)
     strat = build_strategy(cfg, 3)
@@ -107,3 +100,23 @@ def test_no_stack_confirms_only_the_best():
     final = _consts(repo.read_blob(camp.incumbent, "train.py"))
     assert (final["EMBEDDING_LR"], final["UNEMBEDDING_LR"]) == (2.0, 1.0)
     assert all(r["proposer"] != "stack" for r in camp.rows)
+
+
+def test_a_winner_screened_while_the_last_confirmation_merged_is_re_applied_not_lost():
+    # Round 2 runs while round 1's confirmation runs; that merge leaves round 2's candidates
+    # on the old incumbent. Its winner is re-applied to the new one and confirmed there.
+    edits = [*EDITS[:1], ("MATRIX_LR", "0.5"), ("MATRIX_LR", "0.7")]
+    edits += [("UNEMBEDDING_LR", "1.4"), ("MATRIX_LR", "0.6"), ("MATRIX_LR", "0.8")]
+    camp, repo, said = _campaign(
+        lambda c: _gains(c) + 0.03 * (c["MATRIX_LR"] != 1.0), edits, rounds=2
+    )
+    merged = [r for r in camp.rows if r["merged"]]
+    assert len(merged) == 2, said
+    first, second = merged
+    won = next(r for r in camp.rows if r["description"] == "UNEMBEDDING_LR -> 1.4")
+    assert won["parent_sha"] == first["parent_sha"]  # screened on the old incumbent
+    assert second["parent_sha"] == first["commit_sha"]  # confirmed on the new one
+    assert second["description"].startswith(f"re-run of {won['trial_id']} on ")
+    final = _consts(repo.read_blob(camp.incumbent, "train.py"))
+    assert (final["EMBEDDING_LR"], final["UNEMBEDDING_LR"], final["MATRIX_LR"]) == (2.0, 1.4, 1.0)
+    assert any("the incumbent before the last merge; re-applied to" in s for s in said), said
