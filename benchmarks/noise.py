@@ -23,7 +23,8 @@ import re
 import statistics
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from trainer.budget import Budget
@@ -67,6 +68,31 @@ def paired_report(budget: str, base: list[float], runs: dict[str, list[float]], 
         )
 
 
+def one(job, budget: str, data, data_seed: int | None, threads: int):
+    """One trial of (description, train.py source, seed) through the referee."""
+    desc, src, seed = job
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "train.py"
+        path.write_text(src)
+        cfg = TrialConfig(
+            data=data,
+            budget=Budget.parse(budget),
+            seed=seed,
+            data_seed=data_seed,
+            threads=threads,
+        )
+        t0 = time.time()
+        r = run_trial(path, cfg, Path(tmp) / "log")
+    if r.status != "ok":
+        raise SystemExit(f"{budget} seed {seed} {desc}: {r.status}: {r.error}")
+    print(
+        f"  {budget} seed {seed} {desc}: val_bpb {r.val_bpb:.4f} steps {r.num_steps} "
+        f"({time.time() - t0:.0f}s wall)",
+        flush=True,
+    )
+    return r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budgets", nargs="+", default=["60s", "190steps"])
@@ -97,30 +123,9 @@ def main() -> None:
     for budget in args.budgets:
         jobs = [(desc, src, seed) for seed in range(args.seeds) for desc, src in variants]
 
-        def one(job, budget=budget):
-            desc, src, seed = job
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "train.py"
-                path.write_text(src)
-                cfg = TrialConfig(
-                    data=data,
-                    budget=Budget.parse(budget),
-                    seed=seed,
-                    data_seed=args.data_seed,
-                    threads=args.threads,
-                )
-                t0 = time.time()
-                r = run_trial(path, cfg, Path(tmp) / "log")
-            assert r.status == "ok", r.error
-            print(
-                f"  {budget} seed {seed} {desc}: val_bpb {r.val_bpb:.4f} steps {r.num_steps} "
-                f"({time.time() - t0:.0f}s wall)",
-                flush=True,
-            )
-            return r
-
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            results = list(pool.map(one, jobs))
+        run = partial(one, budget=budget, data=data, data_seed=args.data_seed, threads=args.threads)
+        with ProcessPoolExecutor(max(1, args.jobs)) as pool:  # trials in processes, as actors
+            results = list(pool.map(run, jobs))
         by = {
             desc: [r for (d, _, _), r in zip(jobs, results, strict=True) if d == desc]
             for desc, _ in variants

@@ -82,10 +82,11 @@ def confirm_words(view: View, pair: dict | None = None, fresh: bool = True) -> s
 # A later incumbent (one a merge made) is measured with this many runs when pairs judge: its
 # confirmation plus replicates at its parent's seeds. Its candidates pair with those runs,
 # and the replicates' differences from the parent measure the noise of a pair (3 degrees of
-# freedom per merge), so more replicates would only wait.
-PAIRED_REPLICATES = 4
-# A confirmation runs beside a fresh incumbent run until the incumbent has this many runs
-# (seeds for pairs, and a check on drift); after that, paired confirmations run alone.
+# freedom per merge), so more replicates would only wait. Once the noise of a pair rests on
+# PAIR_DOF_KNOWN degrees of freedom, two runs do (seeds for a screen and a confirmation).
+PAIRED_REPLICATES, PAIRED_REPLICATES_KNOWN, PAIR_DOF_KNOWN = 4, 2, 8
+# A paired confirmation runs beside a fresh incumbent run (a new seed to pair with, a check
+# on drift) while the incumbent has fewer runs than this or than the workers.
 FRESH_RUNS_UNTIL = 8
 
 
@@ -97,7 +98,8 @@ def top_up(view: View, line: Line, n: int) -> bool:
     inc = line.head
     source = view.camp.merged_from(inc) if view.camp.pairing else None
     if source is not None:
-        n = min(n, PAIRED_REPLICATES)
+        known = view.pair_noise_dof()[1] >= PAIR_DOF_KNOWN
+        n = min(n, PAIRED_REPLICATES_KNOWN if known else PAIRED_REPLICATES)
     have = len(view.runs_of(inc)) + line.reps_pending[inc]
     missing = n - have
     if view.noise_dof()[0] is None and not line.reps_pending[inc]:
@@ -139,13 +141,14 @@ def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, floa
 def confirm(view: View, line: Line, cand: dict | None, commit: str, meta: dict) -> str:
     """Queue the confirmation of `commit` (screened as `cand`, or None: a stack nobody ran):
     at a seed of another of the parent's runs, paired with it (a second pair), beside a fresh
-    incumbent run while the incumbent has fewer than FRESH_RUNS_UNTIL runs or no other seed
-    to pair with (then the confirmation is judged against the mean of the parent's runs).
+    incumbent run while the incumbent has fewer runs than FRESH_RUNS_UNTIL and the workers,
+    or when no other seed is there to pair with (then the confirmation is judged against the
+    mean of the parent's runs).
     Returns what it queued, in words for the console."""
     parent = line.head
     avoid = {cand.get("seed")} if cand else set()
     pair = view.camp.pair_for(parent, avoid=avoid)
-    fresh = pair is None or len(view.runs_of(parent)) < FRESH_RUNS_UNTIL
+    fresh = pair is None or len(view.runs_of(parent)) < min(FRESH_RUNS_UNTIL, view.workers())
     if fresh:
         view.queue(view.spec("baseline", parent, parent, line), line)
     view.queue(view.spec("confirm", commit, parent, line, meta, pair=pair), line)

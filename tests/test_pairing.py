@@ -87,9 +87,7 @@ def test_greedy_and_the_autoresearch_protocol_do_not_pair():
 def test_the_paired_gate_stops_truly_worse_merges_with_a_shared_seed_effect(strategy):
     # At the optimum every change hurts; runs at one seed share most of their noise, which a
     # gate on paired differences must not mistake for a gain.
-    worse = sum(
-        _run(strategy, seed=k, horizon=96, start_at_optimum=True).worse for k in range(4)
-    )
+    worse = sum(_run(strategy, seed=k, horizon=96, start_at_optimum=True).worse for k in range(4))
     ungated = sum(_run("greedy", seed=k, horizon=96, start_at_optimum=True).worse for k in range(4))
     assert ungated >= 10
     assert worse <= 1

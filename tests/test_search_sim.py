@@ -80,3 +80,19 @@ def test_the_hard_objective_rewards_pairs_only_together_and_shares_a_seed_effect
     assert statistics.stdev(same) < 0.5 * 0.015  # the residual only
     shared = random.Random("seed-7").gauss(0, 0.015 * math.sqrt(obj.seed_share))
     assert statistics.fmean(same) == pytest.approx(s.true(s.camp.base_sha) + shared, abs=0.003)
+
+
+def test_the_headline_names_the_best_gated_strategy_at_sixteen_workers():
+    import pandas as pd
+
+    def tab(rows):
+        return pd.DataFrame(
+            [dict(zip(("strategy", "N", "speedup", "worse"), r, strict=True)) for r in rows]
+        )
+
+    runs = [("greedy", 16, 6.0, 8.0), ("rounds", 16, 7.7, 0.15), ("async", 16, 8.3, 0.05)]
+    line = sim.headline(tab([*runs, ("async-unpaired", 16, 9.0, 0.0), ("async", 8, 9.5, 0.0)]))
+    assert line.startswith("speedup N=16: 8.30 worse/campaign: 0.05 (async")
+    assert "the default rounds: 7.70x" in line  # a variant and another N do not count
+    assert sim.headline(tab(runs[:2])) == "speedup N=16: 7.70 worse/campaign: 0.15 (rounds)"
+    assert sim.headline(pd.DataFrame({"strategy": ["rounds"], "N": [16]})).endswith("not run)")
