@@ -132,6 +132,9 @@ def _referee_violations(source: str, ctx: ProposalContext) -> list[str]:
     try:
         if ctx.protocol == "autoresearch":
             return list(guard.protocol_violations(source, ctx.incumbent_source))
-        return list(guard.referee_violations(source))
+        return [
+            *guard.referee_violations(source),
+            *guard.reseeding(source, ctx.incumbent_source),
+        ]
     except Exception as exc:  # any failure of the guard means "not shown to be safe"
         return [f"the referee check failed on this source ({type(exc).__name__}: {exc})"]

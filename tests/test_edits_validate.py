@@ -274,6 +274,34 @@ def test_reaching_into_the_referee_is_rejected(added):
     assert seen == set()
 
 
+@pytest.mark.parametrize(
+    "added",
+    [
+        "torch.manual_seed(1234)\n",
+        "np.random.seed(int(time.time()))\n",
+        "RNG = numpy.random.default_rng()\n",
+        "torch.set_rng_state(torch.ByteTensor(5056))\n",
+    ],
+    ids=["torch", "numpy", "default_rng", "rng-state"],
+)
+def test_re_seeding_a_generator_is_rejected_the_referee_sets_the_seed(added):
+    # Candidates are compared with their parent at the same seed; one that re-seeds would
+    # leave the pairing and pass by luck more often.
+    new_source = TRAIN_PY.replace("import torch\n", "import torch\n" + added, 1)
+    error = validate(proposal_for(new_source), ctx(), set()).error
+    assert error is not None and "re-seeds a random generator" in error and "line 4" in error
+    # ... unless the incumbent does the same (then it is not new)
+    seeded = TRAIN_PY.replace("import torch\n", "import torch\n" + added, 1)
+    again = seeded.replace("import torch\n", "import torch\nX_UNUSED = 1\n", 1)
+    assert reseeding_ok(again, seeded)
+
+
+def reseeding_ok(source: str, incumbent: str) -> bool:
+    from trainer.guard import reseeding
+
+    return reseeding(source, incumbent) == []
+
+
 def test_source_hash_ignores_comments_blank_lines_and_layout_but_not_code():
     reformatted = TRAIN_PY.replace("  # transformer layers", "").replace("\n\n\n", "\n\n")
     assert source_hash(reformatted) == source_hash(TRAIN_PY)

@@ -10,6 +10,7 @@ with a message the proposer can learn from.
 from __future__ import annotations
 
 import ast
+from collections import Counter
 
 REFEREE_MODULES = (
     "trainer.prepare",
@@ -61,6 +62,55 @@ def referee_violations(source: str) -> list[str]:
                     out.append(f"line {line}: mentions {s!r}, a path of the referee's data")
                     break
     return list(dict.fromkeys(out))
+
+
+# Calls that set (or draw) a random generator's seed. The referee seeds torch, numpy and random
+# before train.py runs; a candidate that re-seeds would leave the seed pairing rests on.
+SEEDERS = frozenset(
+    {
+        "manual_seed",
+        "manual_seed_all",
+        "seed",
+        "seed_all",
+        "set_rng_state",
+        "setstate",
+        "set_state",
+        "default_rng",
+        "RandomState",
+        "SeedSequence",
+    }
+)
+
+
+def reseeding(source: str, incumbent: str) -> list[str]:
+    """Reasons why this train.py re-seeds a random generator where the incumbent does not
+    (a call to manual_seed, seed, set_rng_state, default_rng, ... beyond the incumbent's)."""
+
+    def calls(text: str) -> list[tuple[str, int]]:
+        try:
+            tree = ast.parse(text)
+        except SyntaxError:
+            return []
+        out = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name in SEEDERS:
+                    out.append((name, node.lineno))
+        return out
+
+    allowed = Counter(name for name, _ in calls(incumbent))
+    out = []
+    for name, line in calls(source):
+        if allowed[name] > 0:
+            allowed[name] -= 1
+            continue
+        out.append(
+            f"line {line}: re-seeds a random generator ({name}); the referee sets the seed "
+            "(candidates are compared with their parent at the same seed)"
+        )
+    return out
 
 
 def _imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
