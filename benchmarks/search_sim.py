@@ -546,6 +546,10 @@ def main(argv: list[str] | None = None) -> None:
     start = obj.true(obj.start())
     target = BASE + (1 - args.target) * (start - BASE)
     tab = summarize(runs, args.budget_minutes / 60)
+    if args.csv:
+        import pandas as pd
+
+        pd.DataFrame(runs).to_csv(args.csv, index=False)
     if args.summary:
         print(f"objective {args.objective}, {args.repeats} seeds, {time.time() - t0:.0f}s")
         print(summary_table(tab))
@@ -566,10 +570,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(fmt(tab))
     print(headline(tab))
-    if args.csv:
-        import pandas as pd
-
-        pd.DataFrame(runs).to_csv(args.csv, index=False)
 
 
 if __name__ == "__main__":
