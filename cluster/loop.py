@@ -91,6 +91,16 @@ class View:
             if (line is None or s.island == line.index) and (kind is None or s.kind == kind)
         )
 
+    def just_started(self, line: Line, within: float) -> int:
+        """Trials of the line submitted in the last `within` seconds of the clock: workers
+        taken for about a whole trial from now."""
+        now, d = self.now(), self._d
+        return sum(
+            1
+            for tid, s in d.running.items()
+            if s.island == line.index and now - d.submitted_at.get(tid, -1e18) <= within
+        )
+
     def pending(self, sha: str) -> list[TrialSpec]:
         """Trials of a commit queued or running, not finished."""
         queued = [s for x in self.lines for s in x.follow_ups]
@@ -219,6 +229,7 @@ class Driver:
         self.camp, self.executor, self.pipeline, self.strategy = camp, executor, pipeline, strategy
         self.gpu_name, self.clock, self.on_workers = gpu_name, clock, on_workers
         self.running: dict[str, TrialSpec] = {}
+        self.submitted_at: dict[str, float] = {}  # trial id -> the loop's clock at submit
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
         self.no_proposals_since: float | None = None
@@ -251,6 +262,7 @@ class Driver:
         self.camp.dispatched(spec)
         self.camp.journal()
         self.running[spec.trial_id] = spec
+        self.submitted_at[spec.trial_id] = self.clock()
         self.executor.submit(spec)
 
     def out_of_proposals(self) -> bool:
@@ -324,6 +336,7 @@ class Driver:
         results = list(self.executor.results(timeout=timeout))
         for spec, result, text, _ in results:
             self.running.pop(spec.trial_id, None)
+            self.submitted_at.pop(spec.trial_id, None)
             self.finish(spec, result, text)
         if self.on_workers is not None:
             self.on_workers()

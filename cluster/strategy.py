@@ -23,7 +23,10 @@ A strategy in a few dozen lines (cluster/strategy_greedy.py is one):
         def done(self, view): return view.limits.reached()
         def close(self, view): pass
 
-Register it in STRATEGIES below; `--strategy NAME` then runs it.
+Register it in STRATEGIES below; `--strategy NAME` then runs it. A strategy that judges
+candidates through cluster/tactics.py (screen, confirm, top_up) sets `pairs = True`: its
+candidates then run at a seed of their parent's runs and the gate may judge paired
+differences (cluster/gate.py); without it every trial runs at a fresh seed.
 """
 
 from __future__ import annotations

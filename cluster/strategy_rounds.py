@@ -23,6 +23,8 @@ from cluster.tactics import (
     top_up,
 )
 
+JUST_STARTED = 5.0  # s: a trial submitted this recently holds its worker for about a trial
+
 
 class Rounds:
     name, lines = "rounds", 1
@@ -36,7 +38,7 @@ class Rounds:
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
         self.pauses_at_open = 0
-        self.busy_at_open = 0  # follow-ups running when the open round started
+        self.busy_at_open = 0  # workers that had just started a trial when the round opened
         self.fallback: dict[str, dict] = {}  # a stack's commit -> the round's best, if it fails
         self.stacking = cfg.search.stack
 
@@ -45,8 +47,10 @@ class Rounds:
 
     def per_round(self, view) -> int:
         """--per-round, else the workers wanted now (they follow the cluster with auto), less
-        those still running the last round's confirmation when this one opened: a round that
-        waited for them would hold every other worker idle for a trial at its barrier."""
+        those that had just started another trial when this round opened (the last round's
+        confirmation, a new incumbent's replicates): a round that waited for them would hold
+        every other worker idle for a trial at its barrier. Workers about to finish (started
+        earlier) are not left out: the round's candidates start on them."""
         if self.cfg.search.per_round:
             return self.cfg.search.per_round
         return max(1, (view.workers() or self.workers) - self.busy_at_open)
@@ -81,7 +85,7 @@ class Rounds:
             return None
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
-        self.busy_at_open = view.running(line, "baseline") + view.running(line, "confirm")
+        self.busy_at_open = view.just_started(line, JUST_STARTED)
         self.open, self.taken = view.start_round(), 0
         self.pauses_at_open = view.invalid_pauses()
         return self.next_trial(view)
