@@ -54,7 +54,9 @@ class Gate:
         """Pooled std of paired differences (a run minus its parent's run at the same seed)
         over groups of one commit against one parent, and its degrees of freedom. Only
         unselected runs count (replicates, confirmations: never a screening run, on either
-        side of a pair), so a group's spread is the noise of a difference, not luck."""
+        side of a pair). A merged commit's group holds the confirmation that merged it, which
+        the gate picked: that biases the estimate up (the gate asks more, never less), a lot
+        when a merge has only 2 runs."""
         return RowIndex(rows).pair_noise_dof()
 
     @staticmethod
@@ -134,18 +136,18 @@ class RowIndex:
                 self.by_id[r["trial_id"]] = r
             if r.get("kind") == "candidate" and r.get("commit_sha"):
                 self.candidates.add(r["commit_sha"])
-            if r.get("merged") and r.get("commit_sha"):
+            if r.get("merged") and r.get("commit_sha") and r.get("parent_sha"):
                 self.merged_from[r["commit_sha"]] = r["parent_sha"]
             if not _unselected(r):
                 continue
-            sha = r["commit_sha"]
+            sha = r.get("commit_sha") or ""
             self.runs[sha].append(float(r["val_bpb"]))
             self.seed_rows[sha].append(r)
             if len(self.runs[sha]) >= 2:
                 self._replicated.add(sha)
             partner = self.by_id.get(r.get("paired_with") or "")
             if partner is not None and _unselected(partner):
-                key = (sha, partner["commit_sha"])
+                key = (sha, partner.get("commit_sha") or "")
                 self.pairs[key].append(float(r["val_bpb"]) - float(partner["val_bpb"]))
                 if len(self.pairs[key]) >= 2:
                     self._paired.add(key)
