@@ -159,14 +159,22 @@ class Campaign:
 
     def pair_for(self, parent: str, avoid=()) -> dict | None:
         """The parent's run to pair a new trial with: an unselected run at a seed not in
-        `avoid`, the least used so far (candidates spread over the parent's seeds)."""
+        `avoid`, or a replicate of it still queued or running, the least used so far (ties:
+        the lowest trial id), so candidates spread over the parent's seeds and the choice
+        does not depend on which replicate finished first. A partner that fails leaves its
+        trial to the unpaired test."""
         if not self.pairing:
             return None
-        runs = [r for r in self.seed_runs(parent) if r["seed"] is not None]
-        runs = [r for r in runs if r["seed"] not in set(avoid)]
-        if not runs:
+        runs = {r["trial_id"]: r for r in self.seed_runs(parent)}
+        for tid, entry in self.inflight.items():
+            spec = entry.get("spec") or {}
+            if spec.get("kind") == "baseline" and spec.get("commit_sha") == parent:
+                runs.setdefault(tid, {"trial_id": tid, "seed": spec.get("seed")})
+        avoid = set(avoid)
+        options = [r for r in runs.values() if r["seed"] is not None and r["seed"] not in avoid]
+        if not options:
             return None
-        best = min(runs, key=lambda r: self._pair_uses.get(r["trial_id"], 0))
+        best = min(options, key=lambda r: (self._pair_uses.get(r["trial_id"], 0), r["trial_id"]))
         self._pair_uses[best["trial_id"]] = self._pair_uses.get(best["trial_id"], 0) + 1
         return best
 

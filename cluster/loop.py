@@ -83,6 +83,10 @@ class View:
     def idle(self) -> int:
         return self._d.executor.idle()
 
+    def ready(self) -> int:
+        """Workers placed and able to run a trial."""
+        return self._d.executor.ready()
+
     def running(self, line: Line | None = None, kind: str | None = None) -> int:
         """Trials submitted and not finished (of a line, of a kind)."""
         return sum(

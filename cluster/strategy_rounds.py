@@ -85,7 +85,9 @@ class Rounds:
             return None
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
-        self.busy_at_open = view.just_started(line, JUST_STARTED)
+        # (only when every worker wanted is placed: queued ones run the rest as GPUs free)
+        placed = view.ready() >= view.workers()
+        self.busy_at_open = view.just_started(line, JUST_STARTED) if placed else 0
         self.open, self.taken = view.start_round(), 0
         self.pauses_at_open = view.invalid_pauses()
         return self.next_trial(view)
