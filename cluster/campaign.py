@@ -144,6 +144,13 @@ class Campaign:
         """The ledger row of a trial id (None: no such row yet)."""
         return self.index().by_id.get(trial_id or "")
 
+    def partner(self, trial_id: str | None) -> dict | None:
+        """The run a trial was paired with, if it finished with a score (a partner that was
+        still queued or running when paired may since have crashed or been lost)."""
+        r = self.row(trial_id)
+        ok = r is not None and r["val_bpb"] is not None and r["status"] in ("keep", "discard")
+        return r if ok else None
+
     def merged_from(self, sha: str) -> str | None:
         """The commit a merge moved from to `sha` (None: never merged: the start)."""
         return self.index().merged_from.get(sha)
@@ -307,7 +314,7 @@ class Campaign:
         Its `incumbent_bpb` and `noise` are what it is judged against: the parent's run at
         its seed and the noise of pairs when paired (paired_test), else the parent's mean and
         the noise of a run (always for replicates)."""
-        partner = self.row(spec.paired_with)
+        partner = self.partner(spec.paired_with)
         if spec.kind != "baseline" and partner is not None and self.paired_test(spec.parent_sha):
             return TrialRow.build(
                 spec,

@@ -127,9 +127,6 @@ class View:
     def pair_noise_dof(self) -> tuple[float | None, int]:
         return self.camp.pair_noise_dof()
 
-    def row(self, trial_id: str | None) -> dict | None:
-        return self.camp.row(trial_id)
-
     def spec(
         self,
         kind: str,

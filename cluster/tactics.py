@@ -129,7 +129,7 @@ def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, floa
     if val is None or not noise or not runs:
         return None, 0.0, False
     gate = view.gate
-    partner = view.row(row.get("paired_with"))
+    partner = view.camp.partner(row.get("paired_with"))
     if partner is not None and view.camp.paired_test(parent):
         pair_noise, pair_dof = view.pair_noise_dof()
         need = gate.pair_threshold(pair_noise, multiple, pair_dof)
