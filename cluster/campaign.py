@@ -168,7 +168,9 @@ class Campaign:
         """The parent's run to pair a new trial with: an unselected run at a seed not in
         `avoid`, or a replicate of it still queued or running, the least used so far (ties:
         the lowest trial id), so candidates spread over the parent's seeds and the choice
-        does not depend on which replicate finished first. A partner that fails leaves its
+        does not depend on which replicate finished first. The confirmation that merged the
+        parent comes last: the gate picked it for its value, so a pair with it is biased
+        (and does not count towards the noise of pairs). A partner that fails leaves its
         trial to the unpaired test."""
         if not self.pairing:
             return None
@@ -181,7 +183,14 @@ class Campaign:
         options = [r for r in runs.values() if r["seed"] is not None and r["seed"] not in avoid]
         if not options:
             return None
-        best = min(options, key=lambda r: (self._pair_uses.get(r["trial_id"], 0), r["trial_id"]))
+        best = min(
+            options,
+            key=lambda r: (
+                bool(r.get("merged")),  # its merging confirmation only if nothing else
+                self._pair_uses.get(r["trial_id"], 0),
+                r["trial_id"],
+            ),
+        )
         self._pair_uses[best["trial_id"]] = self._pair_uses.get(best["trial_id"], 0) + 1
         return best
 

@@ -54,9 +54,8 @@ class Gate:
         """Pooled std of paired differences (a run minus its parent's run at the same seed)
         over groups of one commit against one parent, and its degrees of freedom. Only
         unselected runs count (replicates, confirmations: never a screening run, on either
-        side of a pair). A merged commit's group holds the confirmation that merged it, which
-        the gate picked: that biases the estimate up (the gate asks more, never less), a lot
-        when a merge has only 2 runs."""
+        side of a pair), and never the confirmation that merged a commit: the gate picked it
+        for its value, and a merge's group would otherwise be biased up by it."""
         return RowIndex(rows).pair_noise_dof()
 
     @staticmethod
@@ -95,6 +94,10 @@ def _unselected(r: dict[str, Any]) -> bool:
         and r.get("val_bpb") is not None
         and r.get("status") in ("keep", "discard")
     )
+
+
+def _merging(*rows: dict[str, Any]) -> bool:
+    return any(r.get("merged") for r in rows)
 
 
 def _pooled(groups) -> tuple[float | None, int]:
@@ -146,7 +149,9 @@ class RowIndex:
             if len(self.runs[sha]) >= 2:
                 self._replicated.add(sha)
             partner = self.by_id.get(r.get("paired_with") or "")
-            if partner is not None and _unselected(partner):
+            # The confirmation that merged a commit was picked by the gate for its value: its
+            # difference (or, as a partner, its run) would bias the noise of a pair upward.
+            if partner is not None and _unselected(partner) and not _merging(r, partner):
                 key = (sha, partner.get("commit_sha") or "")
                 self.pairs[key].append(float(r["val_bpb"]) - float(partner["val_bpb"]))
                 if len(self.pairs[key]) >= 2:

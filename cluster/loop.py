@@ -230,6 +230,7 @@ class Driver:
         self.camp, self.executor, self.pipeline, self.strategy = camp, executor, pipeline, strategy
         self.gpu_name, self.clock, self.on_workers = gpu_name, clock, on_workers
         self.running: dict[str, TrialSpec] = {}
+        self.held: dict[str, tuple] = {}  # finished paired runs awaiting their partner
         self.submitted_at: dict[str, float] = {}  # trial id -> the loop's clock at submit
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
@@ -336,14 +337,40 @@ class Driver:
         camp = self.camp
         results = list(self.executor.results(timeout=timeout))
         for spec, result, text, _ in results:
-            self.running.pop(spec.trial_id, None)
-            self.submitted_at.pop(spec.trial_id, None)
-            self.finish(spec, result, text)
+            if result.status == "ok" and self._partner_pending(spec):
+                self.held[spec.trial_id] = (spec, result, text)  # still "running" meanwhile
+                continue
+            self._finish_running(spec, result, text)
+        self.release()
         if self.on_workers is not None:
             self.on_workers()
         if results:
             for line in camp.lines:  # the proposers see the new history
                 self.pipeline.update(line.index, camp.context(line))
+
+    def _finish_running(self, spec: TrialSpec, result: TrialResult, text: str) -> None:
+        self.running.pop(spec.trial_id, None)
+        self.submitted_at.pop(spec.trial_id, None)
+        self.finish(spec, result, text)
+
+    def _partner_pending(self, spec: TrialSpec) -> bool:
+        """A paired run is judged once its partner has run: a confirmation beside a fresh
+        incumbent run at its seed often finishes first, and judged then it would fall back to
+        the unpaired test. Until the partner finishes (or fails, or is dropped), its result
+        waits here, counted as running; a driver killed meanwhile re-runs it on resume."""
+        pid = spec.paired_with
+        if not pid:
+            return False
+        if pid in self.running and pid not in self.held:
+            return True
+        return any(s.trial_id == pid for line in self.camp.lines for s in line.follow_ups)
+
+    def release(self) -> None:
+        """Judge the held results whose partners have now run."""
+        for tid, (spec, result, text) in list(self.held.items()):
+            if not self._partner_pending(spec):
+                del self.held[tid]
+                self._finish_running(spec, result, text)
 
     def finish(self, spec: TrialSpec, result: TrialResult, text: str) -> None:
         camp, line = self.camp, self.camp.lines[spec.island or 0]

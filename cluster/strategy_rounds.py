@@ -200,6 +200,8 @@ class Rounds:
             return Verdict.KEEP
         if row.kind == "confirm":
             verdict, stale = judge_confirmation(view, row)
+            if verdict is Verdict.FOLLOW_UP:
+                return verdict  # a second confirmation decides (the fallback waits for it)
             best = self.fallback.pop(row.commit_sha, None)
             if verdict is not Verdict.MERGE and not stale and best is not None:
                 line = view.lines[row.island or 0]

@@ -69,6 +69,35 @@ def test_candidates_run_at_their_parents_seeds_and_later_incumbents_measure_pair
     assert all(r["noise"] < 0.8 * camp.noise() for r in judged)
 
 
+@pytest.mark.parametrize("strategy,n", [("rounds", 4), ("async", 4), ("async", 8)])
+def test_confirmations_pair_with_fresh_incumbent_runs_and_wait_for_them(strategy, n):
+    s = _run(strategy, n=n, horizon=160)
+    rows = s.camp.rows
+    at = {r["trial_id"]: i for i, r in enumerate(rows)}
+    confirms = [r for r in rows if r["kind"] == "confirm" and r["val_bpb"] is not None]
+    assert len(confirms) >= 4
+    partners = [r["paired_with"] for r in confirms]
+    assert len(set(partners)) == len(partners)  # one fresh incumbent run each, never shared
+    for r in confirms:
+        p = rows[at[r["paired_with"]]]
+        # a fresh seed (not a replicate at an older commit's seed), beside it ...
+        assert p["kind"] == "baseline" and p["commit_sha"] == r["parent_sha"]
+        assert p["paired_with"] is None and p["seed"] == r["seed"]
+        # ... and judged after it, though the two ran at once (it often finished first)
+        assert at[p["trial_id"]] < at[r["trial_id"]]
+    groups = {}
+    for r in confirms:
+        groups.setdefault((r["commit_sha"], r["parent_sha"]), []).append(r)
+    sizes = [len(g) for g in groups.values()]
+    assert max(sizes) <= 2
+    if n >= 8:  # wide: two pairs at once (one alone: the other dropped when another merged)
+        assert sizes.count(2) >= 0.75 * len(sizes), sizes
+    else:  # narrow: one, and a second only for an ambiguous pass (the race)
+        raced = [g for g in groups.values() if len(g) == 2]
+        assert 1 in sizes and raced
+        assert all(g[0]["status"] == "discard" for g in raced)
+
+
 def test_no_pairing_runs_fresh_seeds_and_the_unpaired_gate():
     s = _run("async-unpaired", horizon=60)
     assert not any(r["paired_with"] for r in s.camp.rows)
@@ -96,9 +125,15 @@ def test_the_paired_gate_stops_truly_worse_merges_with_a_shared_seed_effect(stra
 
 
 def test_pair_noise_counts_only_unselected_pairs_of_one_commit_against_one_parent():
-    def row(tid, sha, val, kind="baseline", paired=None, status="keep"):
+    def row(tid, sha, val, kind="baseline", paired=None, status="keep", merged=False):
         return dict(
-            trial_id=tid, commit_sha=sha, val_bpb=val, kind=kind, paired_with=paired, status=status
+            trial_id=tid,
+            commit_sha=sha,
+            val_bpb=val,
+            kind=kind,
+            paired_with=paired,
+            status=status,
+            merged=merged,
         )
 
     rows = [
@@ -110,10 +145,18 @@ def test_pair_noise_counts_only_unselected_pairs_of_one_commit_against_one_paren
         row("t6", "c", 0.87, "baseline", "t3"),
         row("t7", "d", 0.80, "baseline", "t4"),  # paired with a screening run: left out
         row("t8", "d", 0.70, "baseline", "t4"),
+        # e merged on a lucky confirmation: the gate picked it, so it is no evidence of the
+        # noise of a pair, and neither is a pair with it
+        row("t9", "e", 0.50, "confirm", "t1", merged=True),
+        row("t10", "e", 0.99, "baseline", "t2"),
+        row("t11", "e", 0.87, "baseline", "t3"),
+        row("t12", "f", 0.40, "baseline", "t9"),
+        row("t13", "f", 0.45, "baseline", "t9"),
     ]
-    diffs = [1.06 - 1.10, 0.87 - 0.90]
+    groups = [[1.06 - 1.10, 0.87 - 0.90], [0.99 - 1.10, 0.87 - 0.90]]
     noise, dof = Gate.pair_noise_dof(rows)
-    assert dof == 1 and noise == pytest.approx(statistics.stdev(diffs))
+    pooled = statistics.fmean([statistics.variance(g) for g in groups]) ** 0.5
+    assert dof == 2 and noise == pytest.approx(pooled)
     index = RowIndex(rows[:4])  # kept up to date as rows arrive: the same answer
     assert index.pair_noise_dof() == (None, 0)
     assert index.update(rows).pair_noise_dof() == (noise, dof)
