@@ -6,8 +6,9 @@ Best-of-N of null proposals beats the incumbent by luck, more often as N grows. 
 2. screen: a candidate is promising when incumbent_mean - val_bpb > k * noise * sqrt(1 + 1/m)
    (m = incumbent runs; the difference of one run and a mean of m);
 3. confirm: a fresh run of the candidate (new seed), beside a fresh incumbent run, must again
-   beat the incumbent's mean by confirm_k * noise * sqrt(1 + 1/m). The selection-biased
-   screening run is not reused as evidence.
+   beat the incumbent's mean by confirm_k * noise * sqrt(1 + 1/m), clearly (1.5x that) or on
+   the mean of a second confirmation (a race: cluster/tactics.py, CLEAR). The
+   selection-biased screening run is not reused as evidence.
 
 Paired comparisons (common random numbers). A run's seed sets its initialization and its batch
 order, and two commits trained at one seed share much of their noise (measured on the CPU
@@ -15,7 +16,8 @@ trainer: rho ~0.86). So a candidate runs at a seed on which its parent has an un
 (`paired_with` in the ledger), and is judged on the paired difference, parent minus candidate,
 against k * pair_noise, where pair_noise is the pooled std of paired differences of one commit
 against its parent over several seeds (a new incumbent's replicates run at its parent's seeds:
-those pairs measure it, unselected). A confirmation is a second pair at another seed. Which
+those pairs measure it, unselected). A confirmation is a fresh pair: the candidate and its
+parent at a new seed, where nothing else was compared with the parent's run. Which
 test applies is decided per campaign, not per candidate: the paired one once its noise is
 known and it asks a smaller gain (k * pair_noise * t(dof) below k * noise * sqrt(1+1/m) * t);
 until then, and where a seed cannot be set (protocol=autoresearch), the unpaired test.
