@@ -161,3 +161,27 @@ def test_pair_noise_counts_only_unselected_pairs_of_one_commit_against_one_paren
     assert index.pair_noise_dof() == (None, 0)
     assert index.update(rows).pair_noise_dof() == (noise, dof)
     assert index.runs["c"] == [1.06, 0.87] and index.candidates == {"c"}
+
+
+def test_a_confirmation_whose_fresh_partner_crashes_is_judged_unpaired_once_it_has():
+    class Crashing(sim.Sim):
+        """Every third fresh incumbent run beside a confirmation crashes."""
+
+        def score(self, spec, rng):
+            fresh = spec.kind == "baseline" and spec.paired_with is None
+            if fresh and self.camp.noise() is not None and int(spec.trial_id[1:]) % 3 == 0:
+                return None
+            return super().score(spec, rng)
+
+    objective = sim.HardObjective(headroom=0.2)
+    s = Crashing("async", 4, objective, noise=0.015, horizon=160, seed=2).run()
+    rows = s.camp.rows
+    at = {r["trial_id"]: i for i, r in enumerate(rows)}
+    confirms = [r for r in rows if r["kind"] == "confirm" and r["val_bpb"] is not None]
+    orphans = [r for r in confirms if rows[at[r["paired_with"]]]["status"] == "crash"]
+    assert orphans and len(confirms) > len(orphans)
+    for r in orphans:
+        assert at[r["paired_with"]] < at[r["trial_id"]]  # waited for it
+        assert r["status"] in ("keep", "discard")  # and was judged: on the parent's mean
+        assert r["incumbent_bpb"] != rows[at[r["paired_with"]]]["val_bpb"]
+    assert s.merges >= 2  # the campaign went on
