@@ -174,9 +174,9 @@ def confirm(
 # Racing. A confirmation that beats its test by CLEAR times the gain asked merges at once; one
 # that passes by less is ambiguous and gets a second fresh pair, and merges when the mean of the
 # two beats CLEAR x that gain / sqrt(2) (as two confirmations run at once must). A null candidate that passed its screen passes a
-# confirmation at k=2 in 2.3% of cases; with the race, in about 0.25%, while a change that gains
-# 3 noise std still merges about as often (0.81 against 0.84), at one more trial for a third of
-# the confirmations. With the many candidates of a wide campaign, that is what keeps the gate's
+# confirmation at k=2 in 2.3% of cases; with the race, in about 0.2% (two pairs at once: 0.13%),
+# while a change that gains 3 noise std still merges about as often (0.81, or 0.89 with two
+# pairs at once, against 0.84), at one more pair for a third of the confirmations of gains. With the many candidates of a wide campaign, that is what keeps the gate's
 # false merges rare (truly-worse merges per simulated campaign at 16 workers: benchmarks/).
 CLEAR = 1.5
 
