@@ -41,6 +41,12 @@ from cluster.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
+# The paired test waits for this many degrees of freedom in the noise of pairs. Student's t
+# widens the gate for fewer, but one degree of freedom is two differences, and when they
+# happen to agree (3% of the time within 4% of each other) the estimate is a few hundredths
+# of the truth: the gate would then ask almost nothing of every candidate until the next merge.
+PAIR_DOF_MIN = 3
+
 class Campaign:
     def __init__(
         self,
@@ -306,13 +312,13 @@ class Campaign:
 
     def paired_test(self, parent: str) -> bool:
         """Whether a paired run on `parent` is judged on its paired difference: the campaign
-        pairs, the noise of pairs is measured, and it asks a smaller gain than the unpaired
+        pairs, the noise of pairs is measured (on PAIR_DOF_MIN degrees of freedom at least), and it asks a smaller gain than the unpaired
         test would (k x pair noise x t against k x noise x sqrt(1 + 1/m) x t, m = the parent's
         runs). It depends on the campaign's estimates, never on the run being judged."""
         pair_noise, pair_dof = self.pair_noise_dof()
         noise, dof = self.noise_dof()
         runs = self.runs_of(parent)
-        if not (self.pairing and pair_noise and noise and runs):
+        if not (self.pairing and pair_noise and noise and runs and pair_dof >= PAIR_DOF_MIN):
             return False
         return self.gate.pair_threshold(pair_noise, 1.0, pair_dof) < self.gate.threshold(
             noise, len(runs), 1.0, dof

@@ -48,7 +48,8 @@ class Gate:
 
     @staticmethod
     def noise_dof(rows: list[dict[str, Any]]) -> tuple[float | None, int]:
-        """Pooled std of replicate groups (ddof=1 per group) and its degrees of freedom."""
+        """Pooled std of replicate groups (ddof=1 per group) and its degrees of freedom, over
+        runs at fresh seeds (not paired: RowIndex.noise_dof says why)."""
         return RowIndex(rows).noise_dof()
 
     @staticmethod
@@ -129,7 +130,8 @@ class RowIndex:
         self.pairs: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.merged_from: dict[str, str] = {}
         self.candidates: set[str] = set()  # commits run as candidates (any status)
-        self._replicated: set[str] = set()  # commits with 2+ runs
+        self.fresh: dict[str, list[float]] = defaultdict(list)  # runs at seeds of their own
+        self._replicated: set[str] = set()  # commits with 2+ runs at seeds of their own
         self._paired: set[tuple[str, str]] = set()  # groups with 2+ differences
         if rows:
             self.update(rows)
@@ -148,8 +150,10 @@ class RowIndex:
             sha = r.get("commit_sha") or ""
             self.runs[sha].append(float(r["val_bpb"]))
             self.seed_rows[sha].append(r)
-            if len(self.runs[sha]) >= 2:
-                self._replicated.add(sha)
+            if not r.get("paired_with"):
+                self.fresh[sha].append(float(r["val_bpb"]))
+                if len(self.fresh[sha]) >= 2:
+                    self._replicated.add(sha)
             partner = self.by_id.get(r.get("paired_with") or "")
             # The confirmation that merged a commit was picked by the gate for its value: its
             # difference (or, as a partner, its run) would bias the noise of a pair upward.
@@ -162,7 +166,12 @@ class RowIndex:
         return self
 
     def noise_dof(self) -> tuple[float | None, int]:
-        return _pooled(self.runs[s] for s in self._replicated)
+        """The noise of a run, from runs at seeds no other run of the group shares with a run
+        elsewhere: a paired run re-uses its partner's seed, and every incumbent's replicates
+        at the same few seeds of its parents would share those seeds' effects, so their
+        spread would be as small as those few seed effects happen to be, with the degrees of
+        freedom of many groups (on the simulator, half the true noise mid-campaign)."""
+        return _pooled(self.fresh[s] for s in self._replicated)
 
     def pair_noise_dof(self) -> tuple[float | None, int]:
         return _pooled(self.pairs[k] for k in self._paired)

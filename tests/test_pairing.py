@@ -53,7 +53,8 @@ def test_candidates_run_at_their_parents_seeds_and_later_incumbents_measure_pair
             for r in rows
             if r["kind"] == "candidate" and r["commit_sha"] == m["commit_sha"]
         }
-        assert reps and reps[0]["paired_with"], m["trial_id"]
+        # (fresh incumbent runs beside the next confirmations count among its runs too)
+        assert any(r["paired_with"] for r in reps), m["trial_id"]
         for r in [r for r in reps if r["paired_with"]]:
             assert by_id[r["paired_with"]]["commit_sha"] == m["parent_sha"]
             assert r["seed"] not in screened  # never the selected screening run's seed again
@@ -161,6 +162,9 @@ def test_pair_noise_counts_only_unselected_pairs_of_one_commit_against_one_paren
     assert index.pair_noise_dof() == (None, 0)
     assert index.update(rows).pair_noise_dof() == (noise, dof)
     assert index.runs["c"] == [1.06, 0.87] and index.candidates == {"c"}
+    # the noise of a run: only runs at seeds of their own (a paired run shares its partner's
+    # seed, and so would every later incumbent's replicates at their parents' few seeds)
+    assert index.noise_dof() == (pytest.approx(statistics.stdev([1.00, 1.10, 0.90])), 2)
 
 
 def test_a_confirmation_whose_fresh_partner_crashes_is_judged_unpaired_once_it_has():
