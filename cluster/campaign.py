@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # of the truth: the gate would then ask almost nothing of every candidate until the next merge.
 PAIR_DOF_MIN = 3
 
+
 class Campaign:
     def __init__(
         self,

@@ -97,9 +97,10 @@ def top_up(view: View, line: Line, n: int) -> bool:
     was queued."""
     inc = line.head
     source = view.camp.merged_from(inc) if view.camp.pairing else None
-    if source is not None:
+    if source is not None:  # (on one GPU too: the paired test needs the pairs' 3 dof)
         known = view.pair_noise_dof()[1] >= PAIR_DOF_KNOWN
-        n = min(n, PAIRED_REPLICATES_KNOWN if known else PAIRED_REPLICATES)
+        paired_n = PAIRED_REPLICATES_KNOWN if known else PAIRED_REPLICATES
+        n = min(n, paired_n) if view.cfg.search.replicates else paired_n
     have = len(view.runs_of(inc)) + line.reps_pending[inc]
     missing = n - have
     if view.noise_dof()[0] is None and not line.reps_pending[inc]:

@@ -220,7 +220,8 @@ def test_every_island_is_proposed_for_on_its_own_incumbent():
     written_on = {r["trial_id"]: r["description"].rsplit(" at ", 1)[1][:-1] for r in cands}
     assert all(written_on[r["trial_id"]] in heads[r["island"]] for r in cands)
     moved = [r for r in cands if written_on[r["trial_id"]] != r["parent_sha"]]
-    assert len(moved) < len(cands) // 3 and camp.moves
+    # (most: proposals queued while a new incumbent is measured carry over)
+    assert len(moved) < 0.4 * len(cands) and camp.moves
     assert sum(1 for r in camp.rows if r["merged"]) >= 4
 
 
