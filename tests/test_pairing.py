@@ -189,3 +189,25 @@ def test_a_confirmation_whose_fresh_partner_crashes_is_judged_unpaired_once_it_h
         assert r["status"] in ("keep", "discard")  # and was judged: on the parent's mean
         assert r["incumbent_bpb"] != rows[at[r["paired_with"]]]["val_bpb"]
     assert s.merges >= 2  # the campaign went on
+
+
+def test_a_result_held_for_its_partner_stays_journaled_as_running(monkeypatch):
+    # A driver killed while a confirmation waits for its paired incumbent run must find it in
+    # the journal as a running trial (a resume records it lost and re-runs it), never lose it.
+    from cluster.loop import Driver
+
+    seen, journaled = [], []
+    collect = Driver.collect
+
+    def watching(self, timeout):
+        collect(self, timeout)
+        for tid in self.held:
+            entry = self.camp.inflight.get(tid) or {}
+            seen.append(tid)
+            journaled.append(bool(entry) and not entry.get("queued"))
+            assert tid in self.running  # counted as running: no strategy ends meanwhile
+
+    monkeypatch.setattr(Driver, "collect", watching)
+    s = _run("async", n=8, horizon=100)
+    assert seen and all(journaled)
+    assert {tid for tid in seen} <= {r["trial_id"] for r in s.camp.rows}  # all judged in the end
