@@ -313,9 +313,10 @@ class Campaign:
 
     def paired_test(self, parent: str) -> bool:
         """Whether a paired run on `parent` is judged on its paired difference: the campaign
-        pairs, the noise of pairs is measured (on PAIR_DOF_MIN degrees of freedom at least), and it asks a smaller gain than the unpaired
-        test would (k x pair noise x t against k x noise x sqrt(1 + 1/m) x t, m = the parent's
-        runs). It depends on the campaign's estimates, never on the run being judged."""
+        pairs, the noise of pairs is measured (on PAIR_DOF_MIN degrees of freedom at least),
+        and it asks a smaller gain than the unpaired test would (k x pair noise x t against
+        k x noise x sqrt(1 + 1/m) x t, m = the parent's runs). It depends on the campaign's
+        estimates, never on the run being judged."""
         pair_noise, pair_dof = self.pair_noise_dof()
         noise, dof = self.noise_dof()
         runs = self.runs_of(parent)

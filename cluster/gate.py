@@ -99,10 +99,6 @@ def _unselected(r: dict[str, Any]) -> bool:
     )
 
 
-def _merging(*rows: dict[str, Any]) -> bool:
-    return any(r.get("merged") for r in rows)
-
-
 def _pooled(groups) -> tuple[float | None, int]:
     ss, dof = 0.0, 0
     for vals in groups:
@@ -157,7 +153,8 @@ class RowIndex:
             partner = self.by_id.get(r.get("paired_with") or "")
             # The confirmation that merged a commit was picked by the gate for its value: its
             # difference (or, as a partner, its run) would bias the noise of a pair upward.
-            if partner is not None and _unselected(partner) and not _merging(r, partner):
+            merging = r.get("merged") or (partner or {}).get("merged")
+            if partner is not None and _unselected(partner) and not merging:
                 key = (sha, partner.get("commit_sha") or "")
                 self.pairs[key].append(float(r["val_bpb"]) - float(partner["val_bpb"]))
                 if len(self.pairs[key]) >= 2:

@@ -174,11 +174,13 @@ def confirm(
 
 # Racing. A confirmation that beats its test by CLEAR times the gain asked merges at once; one
 # that passes by less is ambiguous and gets a second fresh pair, and merges when the mean of the
-# two beats CLEAR x that gain / sqrt(2) (as two confirmations run at once must). A null candidate that passed its screen passes a
-# confirmation at k=2 in 2.3% of cases; with the race, in about 0.2% (two pairs at once: 0.13%),
-# while a change that gains 3 noise std still merges about as often (0.81, or 0.89 with two
-# pairs at once, against 0.84), at one more pair for a third of the confirmations of gains. With the many candidates of a wide campaign, that is what keeps the gate's
-# false merges rare (truly-worse merges per simulated campaign at 16 workers: benchmarks/).
+# two beats CLEAR x that gain / sqrt(2) (as two confirmations run at once must). A null
+# candidate that passed its screen passes a confirmation at k=2 in 2.3% of cases; with the
+# race, in about 0.2% (two pairs at once: 0.13%), while a change that gains 3 noise std still
+# merges about as often (0.81, or 0.89 with two pairs at once, against 0.84), at one more pair
+# for a third of the confirmations of gains. With the many candidates of a wide campaign,
+# that is what keeps the gate's false merges rare (truly-worse merges per simulated campaign
+# at 16 workers: benchmarks/search_sim.py).
 CLEAR = 1.5
 
 
@@ -205,11 +207,11 @@ def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:
     ]
     if others:
         return Verdict.FOLLOW_UP, False
-    k = view.gate.confirm_multiple
+    k, this = view.gate.confirm_multiple, row.to_dict()
     # each confirmation in units of the gain its own test asks (a pair's partner may have
     # failed: that one is judged unpaired), so the paired and unpaired ones combine
     scores, gain, need = [], 0.0, 0.0
-    for r in [*_confirmations(view, row), row.to_dict()]:
+    for r in [*_confirmations(view, row), this]:
         g, asked, _ = evidence(view, r, k)
         if g is not None and asked > 0:
             scores.append(g / asked)
@@ -226,7 +228,7 @@ def judge_confirmation(view: View, row: TrialRow) -> tuple[Verdict, bool]:
         return Verdict.DISCARD, True
     if passed:
         return Verdict.MERGE, False
-    words = confirm(view, line, None, row.commit_sha, proposal_meta(row.to_dict()), pairs=1)
+    words = confirm(view, line, None, row.commit_sha, proposal_meta(this), pairs=1)
     view.say(
         f"{row.trial_id} passes its confirmation (gain {gain:.4f} > {need:.4f}) but not "
         f"clearly (< {CLEAR * need:.4f}): one more, {words}"

@@ -210,4 +210,4 @@ def test_a_result_held_for_its_partner_stays_journaled_as_running(monkeypatch):
     monkeypatch.setattr(Driver, "collect", watching)
     s = _run("async", n=8, horizon=100)
     assert seen and all(journaled)
-    assert {tid for tid in seen} <= {r["trial_id"] for r in s.camp.rows}  # all judged in the end
+    assert set(seen) <= {r["trial_id"] for r in s.camp.rows}  # all judged in the end
