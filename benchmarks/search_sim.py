@@ -2,7 +2,8 @@
 
     python benchmarks/search_sim.py --objective hard --summary     # the headline, < 20 min
     python benchmarks/search_sim.py [--objective smooth|hard] [--noise 0.015] [--hours 8]
-                                    [--repeats 20] [--workers 1 4 8 16]
+                                    [--repeats 20] [--reference-repeats 200]
+                                    [--workers 1 4 8 16]
                                     [--strategies greedy rounds async-unpaired ...]
                                     [--seed 0] [--jobs CORES] [--headroom 0.045]
                                     [--start-at-optimum] [--gate-k 2] [--confirm-k 2]
@@ -36,12 +37,15 @@ itself and the baseline of every ratio), `rounds`, `async` and `population` (gat
 --gate-k / --confirm-k; population with K = min(--islands, max(2, N)) islands, exploiting
 every --migrate x K results).
 
-Reported per strategy x N over --repeats seeds (the same seeds for every configuration):
+Reported per strategy x N over --repeats seeds (the same seeds for every configuration; the
+reference, greedy at N=1, over --reference-repeats, the first --repeats of them the same):
 time to target (simulated hours until the true value of the campaign's answer, the branch
 autoresearch/TAG, first closes --target of the starting headroom; median over seeds, 'never'
 when fewer than half reach it), how many reached it, the true value at the end of --hours,
 merges, and merges that were truly worse (true value of the merged commit above its
-parent's), with ratios to greedy at N=1.
+parent's), with ratios to greedy at N=1 and their 90% bootstrap intervals (the seeds of the
+configuration and of the reference resampled: a median over 20 heavy-tailed campaigns is
+itself uncertain, and the intervals say by how much).
 """
 
 from __future__ import annotations
@@ -307,6 +311,11 @@ class Args:
     jitter: float = 0.02
     target: float = 0.5
     repeats: int = 20
+    # The reference of every ratio is a median time to target, and one GPU's times are
+    # heavy-tailed (on hard: a quarter of campaigns under 5.4 h, a quarter over 22 h), so its
+    # median over 20 seeds moved between 8.3 and 20.6 h with the seeds drawn. Its campaigns
+    # are the cheapest to simulate: many more seeds pin the denominator down.
+    reference_repeats: int = 200
     workers: list[int] = field(default_factory=lambda: [1, 4, 8, 16])
     strategies: list[str] = field(
         default_factory=lambda: ["greedy", "rounds", "async", "population"]
@@ -358,18 +367,49 @@ def simulate(args, job: tuple[str, int, int]) -> dict:
     )
 
 
+def _times(g) -> list[float]:
+    """A configuration's times to target, inf where a seed never reached it."""
+    return sorted(math.inf if v is None or v != v else v for v in g["t_target"])
+
+
+BOOTSTRAP = 2000  # resamples of the seeds behind each interval
+
+
+def boot_medians(times: list[float], seed: int = 0):
+    """BOOTSTRAP medians of `times` resampled with replacement (a median over 20 seeds of a
+    heavy-tailed time to target is itself noisy: greedy's over 20 seeds ranged 8-21 h)."""
+    import numpy as np
+
+    t = np.asarray(times, dtype=float)
+    pick = np.random.default_rng(seed).integers(0, len(t), size=(BOOTSTRAP, len(t)))
+    return np.median(t[pick], axis=1)
+
+
+def ratio_interval(ref: list[float], times: list[float], level: float = 0.9):
+    """The bootstrap interval of median(ref) / median(times): 0 where a resample of `times`
+    never reaches the target, inf where only the reference's never does."""
+    import numpy as np
+
+    a, b = boot_medians(ref, 1), boot_medians(times, 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.where(np.isinf(b), 0.0, a / b)
+    lo, hi = np.quantile(r, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def summarize(runs: list[dict], unit_h: float):
     import pandas as pd
 
     df = pd.DataFrame(runs)
     headroom = df["start_true"] - BASE
     df["closed"] = (df["start_true"] - df["final_true"]) / headroom.where(headroom > 0)
-    rows = []
+    rows, times = [], {}
     for key, g in df.groupby(list(CONFIG_KEYS), sort=False):
-        t = sorted(math.inf if v is None or v != v else v for v in g["t_target"])
+        t = times[key] = _times(g)
         rows.append(
             {
                 **dict(zip(CONFIG_KEYS, key, strict=True)),
+                "seeds": len(t),
                 "t_target_h": statistics.median(t) * unit_h,
                 "reached": f"{sum(v < math.inf for v in t)}/{len(t)}",
                 "final_true": g["final_true"].mean(),
@@ -389,6 +429,8 @@ def summarize(runs: list[dict], unit_h: float):
     if len(ref):
         greedy = ref.iloc[0]
         tab["speedup"] = greedy["t_target_h"] / tab["t_target_h"]
+        bounds = [ratio_interval(times[("greedy", 1)], times[k]) for k in times]
+        tab["speedup_lo"], tab["speedup_hi"] = zip(*bounds, strict=True)
         tab["gap_vs_greedy"] = (tab["final_true"] - BASE) / (greedy["final_true"] - BASE)
     return tab
 
@@ -425,6 +467,8 @@ def headline(tab, n: int = 16) -> str:
     r = rows.iloc[0]
     text = "never" if not r["_sp"] else f"{r['_sp']:.2f}"
     line = f"speedup N={n}: {text} worse/campaign: {r['worse']:.2f} ({r['strategy']}"
+    if "speedup_lo" in r:
+        line += f"; 90% interval {_x(r['speedup_lo'])}-{_x(r['speedup_hi'])}"
     mine = rows[rows["strategy"] == default]
     if r["strategy"] != default and len(mine):
         d = mine.iloc[0]
@@ -450,12 +494,30 @@ def summary_table(tab) -> str:
                 cells.append("-".rjust(16))
                 continue
             r = row.iloc[0]
-            sp = r["speedup"]
-            text = "never" if sp == 0 or sp != sp else f"{sp:.2f}x"
-            cells.append(f"{text} ({r['worse']:.2f})".rjust(16))
+            cells.append(f"{_x(r['speedup'])} ({r['worse']:.2f})".rjust(16))
         busy = ", ".join(f"{b:.2f}" for b in g.sort_values("N")["busy"])
         lines.append(str(name).ljust(16) + "".join(cells) + f"   busy {busy}")
+    if "speedup_lo" in tab:
+        lines.append("90% bootstrap intervals of the speed-up (seeds resampled)")
+        for name, g in tab.groupby("strategy", sort=False):
+            cells = []
+            for n in ns:
+                row = g[g["N"] == n]
+                r = row.iloc[0] if len(row) else None
+                text = "-" if r is None else f"{_x(r['speedup_lo'])}-{_x(r['speedup_hi'])}"
+                cells.append(text.rjust(16))
+            lines.append(str(name).ljust(16) + "".join(cells))
+    greedy = tab[(tab["strategy"] == "greedy") & (tab["N"] == 1)].iloc[0]
+    lines.append(
+        f"greedy N=1 (the reference): {greedy['t_target_h']:.2f} h, median of "
+        f"{greedy['seeds']} seeds ({greedy['reached']} reached the target)"
+    )
     return "\n".join(lines)
+
+
+def _x(v: float) -> str:
+    """A speed-up for the tables: never (0, nan), inf, or 1.23x."""
+    return "never" if v == 0 or v != v else "inf" if v == math.inf else f"{v:.2f}x"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -489,6 +551,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"fraction of headroom to close (default {d.target:g}; {HARD_TARGET:g} for hard)",
     )
     ap.add_argument("--repeats", type=int, default=d.repeats)
+    ap.add_argument(
+        "--reference-repeats",
+        type=int,
+        default=d.reference_repeats,
+        help="seeds of greedy at N=1, the reference of every speed-up (cheap: one worker)",
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=d.workers)
     ap.add_argument("--strategies", nargs="+", default=d.strategies)
     ap.add_argument("--islands", type=int, default=d.islands)
@@ -524,7 +592,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     cfgs = [("greedy", 1)] if "greedy" in args.strategies else []
     cfgs += [(s, n) for s in args.strategies for n in args.workers if (s, n) != ("greedy", 1)]
-    jobs = [(st, n, rep) for st, n in cfgs for rep in range(args.repeats)]
+    seeds = lambda st, n: (
+        max(args.repeats, args.reference_repeats) if (st, n) == ("greedy", 1) else args.repeats
+    )  # noqa: E731
+    jobs = [(st, n, rep) for st, n in cfgs for rep in range(seeds(st, n))]
     runs: list[dict] = []
 
     def progress(run: dict) -> None:
@@ -551,7 +622,10 @@ def main(argv: list[str] | None = None) -> None:
 
         pd.DataFrame(runs).to_csv(args.csv, index=False)
     if args.summary:
-        print(f"objective {args.objective}, {args.repeats} seeds, {time.time() - t0:.0f}s")
+        print(
+            f"objective {args.objective}, {args.repeats} seeds "
+            f"({seeds('greedy', 1)} for greedy N=1), {time.time() - t0:.0f}s"
+        )
         print(summary_table(tab))
         print(headline(tab))
         return

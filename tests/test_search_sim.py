@@ -96,3 +96,68 @@ def test_the_headline_names_the_best_gated_strategy_at_sixteen_workers():
     assert "the default rounds: 7.70x" in line  # a variant and another N do not count
     assert sim.headline(tab(runs[:2])) == "speedup N=16: 7.70 worse/campaign: 0.15 (rounds)"
     assert sim.headline(pd.DataFrame({"strategy": ["rounds"], "N": [16]})).endswith("not run)")
+
+
+def test_a_round_does_not_wait_for_follow_ups_that_started_during_it():
+    """A stack's fallback or a race's second pair starts mid-round; the round closes on its
+    own candidates and the next one starts beside them. Before, the barrier waited for them
+    too, and most of the workers idled for a whole trial several times a simulated day."""
+    gaps: list[tuple[float, float]] = []
+
+    class Watched(sim.SimExecutor):
+        def results(self, timeout):
+            t0, idle = self.t, self.idle()
+            candidates = sum(1 for *_, s in self.heap if s.kind == "candidate")
+            for got in super().results(timeout):
+                long = self.t - t0 > 0.5 * self.duration
+                if self.heap and idle > self.target // 2 and not candidates and long:
+                    gaps.append((t0, self.t))
+                yield got
+
+    real, sim.SimExecutor = sim.SimExecutor, Watched
+    try:
+        s = sim.Sim("rounds", 16, sim.HardObjective(headroom=0.2), 0.015, 50, seed=0).run()
+    finally:
+        sim.SimExecutor = real
+    follow_ups = [r for r in s.camp.rows if "confirming" in (r.get("description") or "")]
+    assert s.merges >= 2 and len(s.camp.rows) > 700
+    assert s.camp.rows and not [g for g in gaps if g[1] < 50 * 300], (gaps, len(follow_ups))
+
+
+def test_speedups_come_with_bootstrap_intervals():
+    def runs(strategy, n, times):
+        return [
+            dict(
+                strategy=strategy,
+                N=n,
+                seed=i,
+                t_target=t,
+                start_true=1.2,
+                final_true=1.1,
+                merges=3,
+                worse=0,
+                trials=100,
+                busy=1.0,
+                copies=0,
+                worse_copies=0,
+                noise_est=0.01,
+            )
+            for i, t in enumerate(times)
+        ]
+
+    ref = [4.0, 6.0, 8.0, 10.0, 30.0, None, 12.0, 5.0, 9.0, 7.0]  # heavy-tailed, one never
+    tab = sim.summarize(
+        runs("greedy", 1, ref) + runs("rounds", 16, [1.0] * 10) + runs("async", 16, [None] * 10),
+        unit_h=1.0,
+    )
+    rounds = tab[tab["strategy"] == "rounds"].iloc[0]
+    assert rounds["speedup"] == pytest.approx(8.5)  # median 8.5 h against 1 h
+    assert rounds["speedup_lo"] < 8.5 < rounds["speedup_hi"]  # the reference's spread
+    assert rounds["speedup_lo"] >= 5.0 and rounds["speedup_hi"] <= 12.0
+    never = tab[tab["strategy"] == "async"].iloc[0]
+    assert never["speedup"] == 0 and never["speedup_hi"] == 0  # never reached: no speed-up
+    again = sim.summarize(runs("greedy", 1, ref) + runs("rounds", 16, [1.0] * 10), unit_h=1.0)
+    assert again["speedup_lo"].iloc[1] == rounds["speedup_lo"]  # seeded: the same every run
+    text = sim.summary_table(tab)
+    assert "90% bootstrap intervals" in text and "median of 10 seeds (9/10 reached" in text
+    assert "; 90% interval " in sim.headline(tab)
