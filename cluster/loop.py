@@ -15,7 +15,9 @@ Resume is here, once for every strategy: trials a killed driver left in flight w
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -87,12 +89,38 @@ class View:
         """Workers placed and able to run a trial."""
         return self._d.executor.ready()
 
-    def running(self, line: Line | None = None, kind: str | None = None) -> int:
-        """Trials submitted and not finished (of a line, of a kind)."""
+    def running(
+        self, line: Line | None = None, kind: str | None = None, before: float | None = None
+    ) -> int:
+        """Trials submitted and not finished (of a line, of a kind, submitted at or before
+        the clock's `before`)."""
+        at = self._d.submitted_at
         return sum(
             1
-            for s in self._d.running.values()
-            if (line is None or s.island == line.index) and (kind is None or s.kind == kind)
+            for tid, s in self._d.running.items()
+            if (line is None or s.island == line.index)
+            and (kind is None or s.kind == kind)
+            and (before is None or at.get(tid, -1e18) <= before)
+        )
+
+    def trial_time(self) -> float | None:
+        """The median time from submit to result of the last trials (None before any)."""
+        d = self._d.durations
+        return statistics.median(d) if d else None
+
+    def holding(self, line: Line, beyond: float) -> int | None:
+        """Trials of the line expected to hold their worker more than `beyond` seconds from
+        now (by the median trial time); None while no trial has finished."""
+        typical = self.trial_time()
+        if typical is None:
+            return None
+        now, d = self.now(), self._d
+        return sum(
+            1
+            for tid, s in d.running.items()
+            if s.island == line.index
+            and tid not in d.held  # finished: its worker is free
+            and typical - (now - d.submitted_at.get(tid, now)) > beyond
         )
 
     def just_started(self, line: Line, within: float) -> int:
@@ -232,6 +260,7 @@ class Driver:
         self.running: dict[str, TrialSpec] = {}
         self.held: dict[str, tuple] = {}  # finished paired runs awaiting their partner
         self.submitted_at: dict[str, float] = {}  # trial id -> the loop's clock at submit
+        self.durations: deque[float] = deque(maxlen=32)  # submit to result, latest trials
         self.requeues: dict[str, int] = {}
         self.waiting_since: float | None = None
         self.no_proposals_since: float | None = None
@@ -337,6 +366,9 @@ class Driver:
         camp = self.camp
         results = list(self.executor.results(timeout=timeout))
         for spec, result, text, _ in results:
+            at = self.submitted_at.get(spec.trial_id)
+            if at is not None and result.status == "ok":
+                self.durations.append(self.clock() - at)
             if result.status == "ok" and self._partner_pending(spec):
                 self.held[spec.trial_id] = (spec, result, text)  # still "running" meanwhile
                 continue

@@ -6,6 +6,12 @@ runs); screen the best through the gate; run a confirmation of it beside a fresh
 replicate (replicate first, so the confirmation is judged with it when both fit); merge when
 the confirmation passes; repeat. Stops after --rounds R rounds, --trials K candidates or
 --hours H; a confirmation under way still finishes.
+
+The barrier holds for the round's candidates and for what ran when it opened (the last
+round's confirmation, so that its merge is known when this round closes); follow-ups that
+start during the round (a race's second pair, a stack's fallback, a lost trial's re-run) run
+beside it without holding it, and one that passes after a later round's merge is re-applied
+to the new incumbent and confirmed there.
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ class Rounds:
         self.open: int | None = None  # the round being collected or run
         self.taken = 0  # candidates started in the open round
         self.pauses_at_open = 0
-        self.busy_at_open = 0  # workers that had just started a trial when the round opened
+        self.busy_at_open = 0  # workers held for most of a trial when the round opened
+        self.opened_at = 0.0  # the clock when it opened: trials from before hold its barrier
         self.fallback: dict[str, dict] = {}  # a stack's commit -> the round's best, if it fails
         self.stacking = cfg.search.stack
 
@@ -47,10 +54,10 @@ class Rounds:
 
     def per_round(self, view) -> int:
         """--per-round, else the workers wanted now (they follow the cluster with auto), less
-        those that had just started another trial when this round opened (the last round's
-        confirmation, a new incumbent's replicates): a round that waited for them would hold
-        every other worker idle for a trial at its barrier. Workers about to finish (started
-        earlier) are not left out: the round's candidates start on them."""
+        those busy for most of a trial more when this round opened (the last round's
+        confirmation, a new incumbent's replicates; `held_workers`): a round that waited for
+        them would hold every other worker idle at its barrier. Workers about to finish are
+        not left out: the round's candidates start on them."""
         if self.cfg.search.per_round:
             return self.cfg.search.per_round
         return max(1, (view.workers() or self.workers) - self.busy_at_open)
@@ -77,20 +84,33 @@ class Rounds:
                 if not self.taken and not self.exhausted(view):
                     return None  # no proposal yet: the loop asks again
                 self.taken = self.per_round(view)  # run what we have rather than idle
-            if view.running(line):
-                return None  # the barrier
+            if view.running(line, kind="candidate") or view.running(line, before=self.opened_at):
+                return None  # the barrier (below)
             self.close_round(view, line)
-            return view.pop_follow_up(line)
+            # its confirmation, else the next round at once (None would leave the workers
+            # idle until the next result: the barrier no longer waits for every trial)
+            return view.pop_follow_up(line) or self.next_trial(view)
         if self.stopping(view):
             return None
         if top_up(view, line, self.replicates):
             return view.pop_follow_up(line)
         # (only when every worker wanted is placed: queued ones run the rest as GPUs free)
         placed = view.ready() >= view.workers()
-        self.busy_at_open = view.just_started(line, JUST_STARTED) if placed else 0
-        self.open, self.taken = view.start_round(), 0
+        self.busy_at_open = self.held_workers(view, line) if placed else 0
+        self.open, self.taken, self.opened_at = view.start_round(), 0, view.now()
         self.pauses_at_open = view.invalid_pauses()
         return self.next_trial(view)
+
+    def held_workers(self, view, line) -> int:
+        """Workers a round opening now should not wait for: those busy for more than 1/N of a
+        trial more. A round of N that waits r of a trial for one of them idles the other
+        N - 1 for r; leaving it out idles it for the 1 - r it finishes early. Until a trial
+        has finished (no trial time yet): those started within JUST_STARTED."""
+        n = max(1, view.workers() or self.workers)
+        typical = view.trial_time()
+        if typical is None:
+            return view.just_started(line, JUST_STARTED)
+        return view.holding(line, typical / n)
 
     def exhausted(self, view) -> bool:
         """Proposing paused for invalid proposals during this round: it runs what it has (an
@@ -195,6 +215,20 @@ class Rounds:
         spec = view.commit(p, line)
         return (spec, parts) if spec is not None else None
 
+    def reapply(self, view, line, row: dict) -> None:
+        """A confirmation that passed on a parent a merge has since replaced: its change,
+        re-applied to the incumbent, is confirmed there (as a stale round's winners are)."""
+        got = self.stack(view, line, [row])
+        if got is None:
+            return  # it no longer applies (recorded invalid) or the incumbent has it
+        spec, _ = got
+        view.camp.dropped(spec)
+        words = confirm(view, line, None, spec.commit_sha, view.camp.proposal_of(spec) or {})
+        view.say(
+            f"{row['trial_id']} passed on {row['parent_sha'][:10]}, no longer the incumbent; "
+            f"re-applied to {line.head[:10]}, {words}"
+        )
+
     def on_result(self, view, row) -> Verdict:
         if row.kind == "baseline":
             return Verdict.KEEP
@@ -203,6 +237,9 @@ class Rounds:
             if verdict is Verdict.FOLLOW_UP:
                 return verdict  # a second confirmation decides (the fallback waits for it)
             best = self.fallback.pop(row.commit_sha, None)
+            if stale:  # a merge landed while it ran (its round had closed before that merge)
+                self.reapply(view, view.lines[row.island or 0], row.to_dict())
+                return verdict
             if verdict is not Verdict.MERGE and not stale and best is not None:
                 line = view.lines[row.island or 0]
                 view.say(
