@@ -21,6 +21,13 @@ from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal
 
 
+@functools.lru_cache(maxsize=16)
+def _parse(source: str) -> ast.Module:
+    """ast.parse, remembered for the few sources one validation reads more than once (the
+    candidate, and its incumbent for every candidate of it). The trees are only read."""
+    return ast.parse(source)
+
+
 @functools.lru_cache(maxsize=4096)
 def source_hash(source: str) -> str:
     """Hash of a Python source that ignores comments, blank lines and formatting.
@@ -31,7 +38,7 @@ def source_hash(source: str) -> str:
     proposer repeating itself, and every check against the same incumbent, parse nothing.
     """
     try:
-        normal = ast.unparse(ast.parse(source))
+        normal = ast.unparse(_parse(source))
     except (SyntaxError, ValueError, RecursionError):
         normal = _strip_comments(source)
         normal = "\n".join(line.rstrip() for line in normal.splitlines() if line.strip())
@@ -108,8 +115,8 @@ def _first_line(text: str) -> str:
 
 def _defines_train(source: str) -> bool:
     try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
+        tree = _parse(source)
+    except (SyntaxError, ValueError, RecursionError):
         return False
     return any(
         isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "train"

@@ -10,6 +10,7 @@ with a message the proposer can learn from.
 from __future__ import annotations
 
 import ast
+import functools
 from collections import Counter
 
 REFEREE_MODULES = (
@@ -35,10 +36,17 @@ SUSPECT_STRINGS = (
 )
 
 
+@functools.lru_cache(maxsize=16)
+def _parse(source: str) -> ast.Module:
+    """ast.parse, remembered for the few sources one validation checks several times (the
+    candidate, and its incumbent for every candidate of it). The trees are only read."""
+    return ast.parse(source)
+
+
 def referee_violations(source: str) -> list[str]:
     """Reasons (with line numbers) why this train.py reaches into the referee; [] if none."""
     try:
-        tree = ast.parse(source)
+        tree = _parse(source)
     except SyntaxError as e:
         return [f"line {e.lineno}: does not parse: {e.msg}"]
     out: list[str] = []
@@ -86,23 +94,9 @@ def reseeding(source: str, incumbent: str) -> list[str]:
     """Reasons why this train.py re-seeds a random generator where the incumbent does not
     (a call to manual_seed, seed, set_rng_state, default_rng, ... beyond the incumbent's)."""
 
-    def calls(text: str) -> list[tuple[str, int]]:
-        try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            return []
-        out = []
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                f = node.func
-                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
-                if name in SEEDERS:
-                    out.append((name, node.lineno))
-        return out
-
-    allowed = Counter(name for name, _ in calls(incumbent))
+    allowed = Counter(name for name, _ in _seeder_calls(incumbent))
     out = []
-    for name, line in calls(source):
+    for name, line in _seeder_calls(source):
         if allowed[name] > 0:
             allowed[name] -= 1
             continue
@@ -111,6 +105,24 @@ def reseeding(source: str, incumbent: str) -> list[str]:
             "(candidates are compared with their parent at the same seed)"
         )
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _seeder_calls(text: str) -> tuple[tuple[str, int], ...]:
+    """(name, line) of each call of a SEEDERS name (remembered: every candidate of an
+    incumbent is checked against the incumbent's)."""
+    try:
+        tree = _parse(text)
+    except SyntaxError:
+        return ()
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in SEEDERS:
+                out.append((name, node.lineno))
+    return tuple(out)
 
 
 def _imported_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
@@ -175,11 +187,11 @@ def protocol_violations(source: str, incumbent: str) -> list[str]:
     times the incumbent has them). Static and best-effort: the metric stays self-reported.
     """
     try:
-        tree = ast.parse(source)
+        tree = _parse(source)
     except SyntaxError as e:
         return [f"line {e.lineno}: does not parse: {e.msg}"]
     try:
-        base = ast.parse(incumbent)
+        base = _parse(incumbent)
     except (SyntaxError, ValueError):
         base = ast.parse("")
     mods, names, evaluators = _protocol_imports(tree)
