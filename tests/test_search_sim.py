@@ -125,23 +125,12 @@ def test_a_round_does_not_wait_for_follow_ups_that_started_during_it():
 
 
 def test_speedups_come_with_bootstrap_intervals():
+    same = {"start_true": 1.2, "final_true": 1.1, "merges": 3, "worse": 0, "trials": 100}
+    same |= {"busy": 1.0, "copies": 0, "worse_copies": 0, "noise_est": 0.01}
+
     def runs(strategy, n, times):
         return [
-            dict(
-                strategy=strategy,
-                N=n,
-                seed=i,
-                t_target=t,
-                start_true=1.2,
-                final_true=1.1,
-                merges=3,
-                worse=0,
-                trials=100,
-                busy=1.0,
-                copies=0,
-                worse_copies=0,
-                noise_est=0.01,
-            )
+            {"strategy": strategy, "N": n, "seed": i, "t_target": t, **same}
             for i, t in enumerate(times)
         ]
 
