@@ -86,10 +86,13 @@ class Rounds:
                 self.taken = self.per_round(view)  # run what we have rather than idle
             if view.running(line, kind="candidate") or view.running(line, before=self.opened_at):
                 return None  # the barrier (below)
+            exhausted = self.exhausted(view)
             self.close_round(view, line)
             # its confirmation, else the next round at once (None would leave the workers
-            # idle until the next result: the barrier no longer waits for every trial)
-            return view.pop_follow_up(line) or self.next_trial(view)
+            # idle until the next result: the barrier no longer waits for every trial);
+            # not after a round cut short for want of proposals (the loop decides then)
+            spec = view.pop_follow_up(line)
+            return spec if spec is not None or exhausted else self.next_trial(view)
         if self.stopping(view):
             return None
         if top_up(view, line, self.replicates):
