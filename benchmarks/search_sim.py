@@ -592,9 +592,11 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     cfgs = [("greedy", 1)] if "greedy" in args.strategies else []
     cfgs += [(s, n) for s in args.strategies for n in args.workers if (s, n) != ("greedy", 1)]
-    seeds = lambda st, n: (
-        max(args.repeats, args.reference_repeats) if (st, n) == ("greedy", 1) else args.repeats
-    )  # noqa: E731
+
+    def seeds(st: str, n: int) -> int:
+        ref = (st, n) == ("greedy", 1)
+        return max(args.repeats, args.reference_repeats) if ref else args.repeats
+
     jobs = [(st, n, rep) for st, n in cfgs for rep in range(seeds(st, n))]
     runs: list[dict] = []
 
