@@ -108,9 +108,9 @@ class View:
         d = self._d.durations
         return statistics.median(d) if d else None
 
-    def holding(self, line: Line, beyond: float) -> int | None:
-        """Trials of the line expected to hold their worker more than `beyond` seconds from
-        now (by the median trial time); None while no trial has finished."""
+    def holding(self, line: Line, fraction: float) -> int | None:
+        """Trials of the line expected to hold their worker for more than `fraction` of a
+        trial time from now (the median trial time); None while no trial has finished."""
         typical = self.trial_time()
         if typical is None:
             return None
@@ -120,7 +120,7 @@ class View:
             for tid, s in d.running.items()
             if s.island == line.index
             and tid not in d.held  # finished: its worker is free
-            and typical - (now - d.submitted_at.get(tid, now)) > beyond
+            and typical - (now - d.submitted_at.get(tid, now)) > fraction * typical
         )
 
     def just_started(self, line: Line, within: float) -> int:

@@ -109,11 +109,8 @@ class Rounds:
         trial more. A round of N that waits r of a trial for one of them idles the other
         N - 1 for r; leaving it out idles it for the 1 - r it finishes early. Until a trial
         has finished (no trial time yet): those started within JUST_STARTED."""
-        n = max(1, view.workers() or self.workers)
-        typical = view.trial_time()
-        if typical is None:
-            return view.just_started(line, JUST_STARTED)
-        return view.holding(line, typical / n)
+        held = view.holding(line, 1 / max(1, view.workers() or self.workers))
+        return view.just_started(line, JUST_STARTED) if held is None else held
 
     def exhausted(self, view) -> bool:
         """Proposing paused for invalid proposals during this round: it runs what it has (an
@@ -243,7 +240,7 @@ class Rounds:
             if stale:  # a merge landed while it ran (its round had closed before that merge)
                 self.reapply(view, view.lines[row.island or 0], row.to_dict())
                 return verdict
-            if verdict is not Verdict.MERGE and not stale and best is not None:
+            if verdict is not Verdict.MERGE and best is not None:
                 line = view.lines[row.island or 0]
                 view.say(
                     f"{row.trial_id}: the stack is not confirmed; confirming "

@@ -119,9 +119,8 @@ def test_a_round_does_not_wait_for_follow_ups_that_started_during_it():
         s = sim.Sim("rounds", 16, sim.HardObjective(headroom=0.2), 0.015, 50, seed=0).run()
     finally:
         sim.SimExecutor = real
-    follow_ups = [r for r in s.camp.rows if "confirming" in (r.get("description") or "")]
     assert s.merges >= 2 and len(s.camp.rows) > 700
-    assert s.camp.rows and not [g for g in gaps if g[1] < 50 * 300], (gaps, len(follow_ups))
+    assert not [g for g in gaps if g[1] < 50 * 300], gaps
 
 
 def test_speedups_come_with_bootstrap_intervals():
