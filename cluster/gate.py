@@ -129,6 +129,8 @@ class RowIndex:
         self.fresh: dict[str, list[float]] = defaultdict(list)  # runs at seeds of their own
         self._replicated: set[str] = set()  # commits with 2+ runs at seeds of their own
         self._paired: set[tuple[str, str]] = set()  # groups with 2+ differences
+        self._noise: tuple[float | None, int] | None = None  # noise_dof, until a fresh run
+        self._pair_noise: tuple[float | None, int] | None = None  # and until a difference
         if rows:
             self.update(rows)
 
@@ -148,6 +150,7 @@ class RowIndex:
             self.seed_rows[sha].append(r)
             if not r.get("paired_with"):
                 self.fresh[sha].append(float(r["val_bpb"]))
+                self._noise = None
                 if len(self.fresh[sha]) >= 2:
                     self._replicated.add(sha)
             partner = self.by_id.get(r.get("paired_with") or "")
@@ -157,6 +160,7 @@ class RowIndex:
             if partner is not None and _unselected(partner) and not merging:
                 key = (sha, partner.get("commit_sha") or "")
                 self.pairs[key].append(float(r["val_bpb"]) - float(partner["val_bpb"]))
+                self._pair_noise = None
                 if len(self.pairs[key]) >= 2:
                     self._paired.add(key)
         self.seen = len(rows)
@@ -168,10 +172,14 @@ class RowIndex:
         at the same few seeds of its parents would share those seeds' effects, so their
         spread would be as small as those few seed effects happen to be, with the degrees of
         freedom of many groups (on the simulator, half the true noise mid-campaign)."""
-        return _pooled(self.fresh[s] for s in self._replicated)
+        if self._noise is None:  # the gate asks several times per row: pool once per change
+            self._noise = _pooled(self.fresh[s] for s in self._replicated)
+        return self._noise
 
     def pair_noise_dof(self) -> tuple[float | None, int]:
-        return _pooled(self.pairs[k] for k in self._paired)
+        if self._pair_noise is None:
+            self._pair_noise = _pooled(self.pairs[k] for k in self._paired)
+        return self._pair_noise
 
 
 _T975 = {1: 12.706, 2: 4.303}  # exact where the expansion below is poor
