@@ -43,14 +43,20 @@ def _parse(source: str) -> ast.Module:
     return ast.parse(source)
 
 
+@functools.lru_cache(maxsize=16)
+def _nodes(source: str) -> tuple[ast.AST, ...]:
+    """Every node of the source's tree (ast.walk's order), walked once for both checks."""
+    return tuple(ast.walk(_parse(source)))
+
+
 def referee_violations(source: str) -> list[str]:
     """Reasons (with line numbers) why this train.py reaches into the referee; [] if none."""
     try:
-        tree = _parse(source)
+        nodes = _nodes(source)
     except SyntaxError as e:
         return [f"line {e.lineno}: does not parse: {e.msg}"]
     out: list[str] = []
-    for node in ast.walk(tree):
+    for node in nodes:
         line = getattr(node, "lineno", "?")
         if isinstance(node, ast.Import | ast.ImportFrom):
             for mod in _imported_modules(node):
@@ -112,11 +118,11 @@ def _seeder_calls(text: str) -> tuple[tuple[str, int], ...]:
     """(name, line) of each call of a SEEDERS name (remembered: every candidate of an
     incumbent is checked against the incumbent's)."""
     try:
-        tree = _parse(text)
+        nodes = _nodes(text)
     except SyntaxError:
         return ()
     out = []
-    for node in ast.walk(tree):
+    for node in nodes:
         if isinstance(node, ast.Call):
             f = node.func
             name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
