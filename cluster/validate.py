@@ -39,7 +39,7 @@ def source_hash(source: str) -> str:
     """
     try:
         normal = ast.unparse(_parse(source))
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         normal = _strip_comments(source)
         normal = "\n".join(line.rstrip() for line in normal.splitlines() if line.strip())
     return hashlib.sha256(normal.encode()).hexdigest()
@@ -69,6 +69,8 @@ def validate(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> Propos
         seen.add(_check(proposal, ctx, seen))
     except _Invalid as exc:
         proposal.error = str(exc)
+    except Exception as exc:  # a source built to break a check is not shown to be safe
+        proposal.error = f"the proposal could not be checked ({type(exc).__name__}: {exc})"
     return proposal
 
 
@@ -93,12 +95,14 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
         raise _Invalid(f"the patch changes only comments or formatting of {target}")
     if new_hash in seen:
         raise _Invalid("duplicate of a change already tried or in flight (same normalized code)")
-    try:
-        compile(new, target, "exec")
+    try:  # from the tree the hash parsed (when it did): the source is parsed once
+        compile(_parse(new), target, "exec")
     except SyntaxError as exc:
-        raise _Invalid(f"{target} does not compile: {exc.msg} (line {exc.lineno})") from None
-    except ValueError as exc:  # e.g. null bytes in the source
-        raise _Invalid(f"{target} does not compile: {exc}") from None
+        where = f" (line {exc.lineno})" if exc.lineno else ""
+        raise _Invalid(f"{target} does not compile: {exc.msg}{where}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # null bytes, nesting too deep
+        detail = str(exc) or "nested too deeply to parse"
+        raise _Invalid(f"{target} does not compile: {type(exc).__name__}: {detail}") from None
     if _defines_train(ctx.incumbent_source) and not _defines_train(new):
         raise _Invalid("the patch removes train(ctx), the entry point the harness calls")
     violations = _referee_violations(new, ctx)
@@ -116,7 +120,7 @@ def _first_line(text: str) -> str:
 def _defines_train(source: str) -> bool:
     try:
         tree = _parse(source)
-    except (SyntaxError, ValueError, RecursionError):
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(
         isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == "train"

@@ -233,6 +233,19 @@ def test_syntax_error_is_rejected_with_its_line():
     assert error.startswith("trainer/train.py does not compile: invalid syntax (line 6)")
 
 
+def test_a_source_the_parser_cannot_hold_is_rejected_not_raised():
+    # 100000 unary minuses make CPython's parser raise MemoryError, not SyntaxError; a
+    # proposal is untrusted text, and whatever it makes a check raise rejects it.
+    deep = TRAIN_PY.replace("DEPTH = 2", "DEPTH = " + "-" * 100_000 + "2")
+    error = validate(proposal_for(deep), ctx(), set()).error
+    assert error.startswith("trainer/train.py does not compile: MemoryError"), error
+    nul = TRAIN_PY.replace("DEPTH = 2", "DEPTH = 2\x00")
+    error = validate(proposal_for(nul), ctx(), set()).error
+    assert (
+        error == "trainer/train.py does not compile: source code string cannot contain null bytes"
+    )
+
+
 def test_removing_the_train_entry_point_is_rejected():
     new_source = TRAIN_PY.replace("def train(ctx):", "def run(ctx):")
     assert "removes train(ctx)" in validate(proposal_for(new_source), ctx(), set()).error
