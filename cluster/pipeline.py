@@ -192,7 +192,12 @@ class ProposalPipeline:
         with self.cond:
             before = len(self.ready[line])
             for p in got:
-                self._accept(line, p, ctx)
+                try:
+                    self._accept(line, p, ctx)
+                except Exception as e:  # a proposal built to break a check must not stop us
+                    log.exception("checking a proposal of %s failed", p.proposer)
+                    p.error = f"the proposal could not be checked ({type(e).__name__}: {e})"
+                    self.invalid[line].append(p)
             queued = len(self.ready[line]) - before
             if got:
                 self._changed()
