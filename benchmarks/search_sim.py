@@ -1,6 +1,6 @@
 """Search-efficiency simulator: the REAL strategies, gate and proposer on a simulated clock.
 
-    python benchmarks/search_sim.py --objective hard --summary     # the headline, < 20 min
+    python benchmarks/search_sim.py --objective hard --summary     # the headline, ~9 min on 2 cores
     python benchmarks/search_sim.py [--objective smooth|hard] [--noise 0.015] [--hours 8]
                                     [--repeats 20] [--reference-repeats 200]
                                     [--workers 1 4 8 16]
