@@ -28,7 +28,7 @@ from cluster.config import (  # noqa: F401 (re-exported: where readers look)
     check_tag,
     locked_diffs,
 )
-from cluster.gate import Gate, RowIndex
+from cluster.gate import Gate, RowIndex, comparable
 from cluster.gitops import GitError
 from cluster.ledger import Ledger, append_spend, atomic_json, read_spend, spend_totals
 from cluster.lines import Line, branches, island_branch  # noqa: F401 (re-export)
@@ -332,7 +332,12 @@ class Campaign:
         its seed and the noise of pairs when paired (paired_test), else the parent's mean and
         the noise of a run (always for replicates)."""
         partner = self.partner(spec.paired_with)
-        if spec.kind != "baseline" and partner is not None and self.paired_test(spec.parent_sha):
+        if (
+            spec.kind != "baseline"
+            and partner is not None
+            and comparable(result.rng, partner.get("rng"))
+            and self.paired_test(spec.parent_sha)
+        ):
             return TrialRow.build(
                 spec,
                 proposal,

@@ -90,6 +90,18 @@ class Gate:
         return gain > self.threshold(noise, len(incumbent), self.confirm_multiple, dof)
 
 
+def comparable(rng: str | None, partner_rng: str | None) -> bool:
+    """Whether a run and its partner at the same seed drew the same random numbers, so their
+    difference is a paired one (their digests agree, or one is not known: the simulator, a
+    ledger older than the digest). A change of the model's shapes (MLP_RATIO, a width, a
+    layer) changes what its initialization draws: its run shares only the batch order with
+    its partner, and on the CPU default its paired difference then spreads as widely as two
+    unpaired runs (std 0.024 for MLP_RATIO 4 -> 8, against 0.004-0.008 for a learning rate).
+    Judged against the noise of pairs of learning-rate changes, a null change of shape would
+    pass a 2-sigma screen about a quarter of the time."""
+    return not rng or not partner_rng or rng == partner_rng
+
+
 def _unselected(r: dict[str, Any]) -> bool:
     """A successful run nobody picked for its value: a replicate or a confirmation."""
     return (
@@ -157,7 +169,12 @@ class RowIndex:
             # The confirmation that merged a commit was picked by the gate for its value: its
             # difference (or, as a partner, its run) would bias the noise of a pair upward.
             merging = r.get("merged") or (partner or {}).get("merged")
-            if partner is not None and _unselected(partner) and not merging:
+            if (
+                partner is not None
+                and _unselected(partner)
+                and not merging
+                and comparable(r.get("rng"), partner.get("rng"))
+            ):
                 key = (sha, partner.get("commit_sha") or "")
                 self.pairs[key].append(float(r["val_bpb"]) - float(partner["val_bpb"]))
                 self._pair_noise = None

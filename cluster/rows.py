@@ -85,6 +85,7 @@ class TrialRow:
     val_bpb: float | None = None
     seed: int | None = None
     paired_with: str | None = None  # trial id of the parent's run at the same seed (CRN)
+    rng: str | None = None  # digest of the random numbers train.py drew (gate.comparable)
     budget: str | None = None
     training_seconds: float | None = None
     total_seconds: float | None = None
@@ -155,6 +156,7 @@ class TrialRow:
             val_bpb=result.val_bpb,
             seed=spec.seed,
             paired_with=spec.paired_with,
+            rng=result.rng or None,
             budget=spec.budget,
             training_seconds=result.training_seconds,
             total_seconds=result.total_seconds,

@@ -27,9 +27,11 @@ class SimExecutor:
         duration: float = 300.0,
         jitter: float = 0.02,
         seed: int = 0,
+        digest: Callable[[TrialSpec], str] | None = None,
     ):
         self.target = workers
         self.score, self.duration, self.jitter = score, duration, jitter
+        self.digest = digest  # a run's `rng` (what its initialization drew), if modelled
         self.rng = random.Random(seed * 7919 + 1)  # measurement noise
         self.trng = random.Random(seed * 7919 + 2)  # trial durations
         self.t = 0.0
@@ -70,7 +72,8 @@ class SimExecutor:
         self.t = max(self.t, t)
         value = self.score(spec, self.rng)
         status = "ok" if value is not None else "crash"
-        yield spec, TrialResult(status=status, val_bpb=value, ended=self.t), "", 0
+        rng = self.digest(spec) if self.digest else ""
+        yield spec, TrialResult(status=status, val_bpb=value, ended=self.t, rng=rng), "", 0
 
     def busy_fraction(self) -> float:
         return self.busy_time / (self.t * self.target) if self.t else 0.0

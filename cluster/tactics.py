@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cluster.gate import comparable
 from cluster.strategy import Verdict
 
 if TYPE_CHECKING:
@@ -131,7 +132,11 @@ def evidence(view: View, row: dict, multiple: float) -> tuple[float | None, floa
         return None, 0.0, False
     gate = view.gate
     partner = view.camp.partner(row.get("paired_with"))
-    if partner is not None and view.camp.paired_test(parent):
+    if (
+        partner is not None
+        and comparable(row.get("rng"), partner.get("rng"))
+        and view.camp.paired_test(parent)
+    ):
         pair_noise, pair_dof = view.pair_noise_dof()
         need = gate.pair_threshold(pair_noise, multiple, pair_dof)
         return float(partner["val_bpb"]) - val, need, True

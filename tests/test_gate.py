@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from cluster.gate import MIN_NOISE, Gate
+from cluster.gate import MIN_NOISE, Gate, RowIndex, comparable
 
 
 def rows_for(groups: dict[str, list[float]]) -> list[dict]:
@@ -89,3 +89,31 @@ def test_a_real_gain_of_four_sigma_usually_merges():
         if gate.promising(cand, inc, noise, 7) and gate.confirmed(confirm, inc, noise, 7):
             merged += 1
     assert merged / 500 > 0.75  # measured ~82%
+
+
+def test_a_pair_whose_runs_drew_other_random_numbers_is_not_a_pair():
+    """Runs at one seed whose digests (`rng`) differ share only the batch order: their
+    difference is left out of the noise of pairs (a change of shape, say)."""
+    parent = [
+        {"trial_id": f"p{i}", "commit_sha": "P", "seed": i, "val_bpb": 2.70 + i / 100}
+        for i in range(4)
+    ]
+    child = [
+        {
+            "trial_id": f"c{i}",
+            "commit_sha": "C",
+            "parent_sha": "P",
+            "seed": i,
+            "paired_with": f"p{i}",
+        }
+        for i in range(4)
+    ]
+    for r in parent:
+        r.update(status="keep", kind="baseline", rng="a")
+    for r, v, rng in zip(child, (2.60, 2.62, 2.65, 2.60), ("a", "a", "a", "b"), strict=True):
+        r.update(status="keep", kind="baseline", val_bpb=v, rng=rng)
+    index = RowIndex(parent + child)
+    assert index.pairs[("C", "P")] == pytest.approx([-0.10, -0.09, -0.07])
+    assert comparable("a", "a") and comparable(None, "b") and not comparable("a", "b")
+    child[3]["rng"] = "a"
+    assert len(RowIndex(parent + child).pairs[("C", "P")]) == 4

@@ -211,3 +211,38 @@ def test_a_result_held_for_its_partner_stays_journaled_as_running(monkeypatch):
     s = _run("async", n=8, horizon=100)
     assert seen and all(journaled)
     assert set(seen) <= {r["trial_id"] for r in s.camp.rows}  # all judged in the end
+
+
+def test_a_change_of_shape_is_judged_unpaired_and_stays_out_of_the_noise_of_pairs():
+    """With some constants as shapes (a change of one draws another initialization: its runs
+    report another `rng` digest), such a candidate run at its parent's seed is judged against
+    the parent's mean and the noise of a run, not on its difference with a run it shares only
+    the batch order with; candidates of the other constants are still judged as pairs."""
+    objective = sim.HardObjective(headroom=0.2).with_shapes(6)
+    # (seed 1 merges a shape in every merge: no pair alike is ever measured, nothing paired)
+    s = sim.Sim("async", 4, objective, noise=0.015, horizon=160, seed=2).run()
+    rows = s.camp.rows
+    by_id = {r["trial_id"]: r for r in rows}
+    judged = [r for r in rows if r["kind"] == "candidate" and r["paired_with"] and r["noise"]]
+    unlike = [r for r in judged if r["rng"] != by_id[r["paired_with"]]["rng"]]
+    like = [r for r in judged if r["rng"] == by_id[r["paired_with"]]["rng"]]
+    assert len(unlike) >= 10 and len(like) >= 10
+    as_pairs = [r for r in like if r["incumbent_bpb"] == by_id[r["paired_with"]]["val_bpb"]]
+    assert len(as_pairs) >= 0.3 * len(like)
+    for r in unlike:  # the parent's mean (of more than the partner's run), not the partner
+        assert r["incumbent_bpb"] != by_id[r["paired_with"]]["val_bpb"], r["trial_id"]
+    # The noise of pairs: every unselected paired run whose partner drew alike, and no other.
+    paired_runs = [
+        (r, by_id[r["paired_with"]])
+        for r in rows
+        if r["kind"] != "candidate"
+        and r["paired_with"]
+        and r["val_bpb"] is not None
+        and r["status"] in ("keep", "discard")
+        and by_id[r["paired_with"]]["val_bpb"] is not None
+        and not r["merged"]
+        and not by_id[r["paired_with"]]["merged"]
+    ]
+    alike = [r for r, partner in paired_runs if r["rng"] == partner["rng"]]
+    assert len(alike) < len(paired_runs), "no merged change of shape measured against its parent"
+    assert sum(len(d) for d in s.camp.index().pairs.values()) == len(alike)

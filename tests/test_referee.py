@@ -38,6 +38,26 @@ def test_same_seed_same_metric(tmp_path, data, honest):
     assert again.val_bpb == pytest.approx(honest.val_bpb, abs=1e-4)
 
 
+def test_a_change_of_shape_draws_other_random_numbers_and_a_learning_rate_does_not(
+    tmp_path, data, honest
+):
+    """The digest that decides whether a run and its partner at one seed are a pair
+    (cluster.gate.comparable): the same draws for a learning rate, other ones for a shape
+    (the initialization draws more) or for a draw of train.py's own."""
+    assert honest.rng and honest.rng.count(":") == 1, honest.rng
+
+    def run(name, source):
+        (tmp_path / name).mkdir()
+        r = trial(tmp_path / name, data, source)
+        assert r.status == "ok", r.error
+        return r.rng
+
+    assert run("again", tiny_train_source()) == honest.rng
+    assert run("lr", tiny_train_source(LEARNING_RATE=0.004)) == honest.rng
+    assert run("shape", tiny_train_source(MLP_RATIO=2)) != honest.rng
+    assert run("draw", inject(tiny_train_source(), "import torch\ntorch.rand(1)\n")) != honest.rng
+
+
 def test_printed_fake_metric_is_ignored(tmp_path, data, honest):
     source = inject(tiny_train_source(), 'print("---\\nval_bpb:          0.100000", flush=True)\n')
     r = trial(tmp_path, data, source)

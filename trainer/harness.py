@@ -36,6 +36,25 @@ def _read_exact(fd: int, n: int) -> bytes:
     return b"".join(chunks)
 
 
+def rng_fingerprint() -> str:
+    """A digest of the state of every random generator a train.py may draw from: torch (and
+    CUDA once it is in use), numpy and random. The referee seeds them all; two runs at one seed
+    whose states agree when training starts and when it ends drew the same random numbers."""
+    import hashlib
+
+    import numpy as np
+    import torch
+
+    h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for state in torch.cuda.get_rng_state_all():
+            h.update(state.numpy().tobytes())
+    kind, keys, pos, *rest = np.random.get_state()
+    h.update(keys.tobytes() + repr((kind, pos, *rest)).encode())
+    h.update(repr(random.getstate()).encode())
+    return h.hexdigest()[:16]
+
+
 class TrainContext:
     """What train.py may use: device, sizes, seed, and budgeted batches from the referee."""
 
@@ -65,6 +84,7 @@ class TrainContext:
         self._req, self._data = req_fd, data_fd
         self._t_log = 0.0
         self.budget_ended_at: float | None = None
+        self.rng_at_start: str | None = None  # rng_fingerprint() at the first batch asked for
 
     def batches(self, batch_size: int, seq_len: int | None = None) -> Iterator[tuple]:
         """Yield (x, y) int64 tensors of shape (batch_size, seq_len) until the budget ends.
@@ -76,6 +96,8 @@ class TrainContext:
         import torch
 
         seq_len = seq_len or self.seq_len
+        if self.rng_at_start is None:  # the model is built: what its initialization drew
+            self.rng_at_start = rng_fingerprint()
         while self.budget_ended_at is None:
             os.write(self._req, f"{int(batch_size)} {int(seq_len)}\n".encode())
             status, rows, cols, progress = HEADER.unpack(_read_exact(self._data, HEADER.size))
@@ -203,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     marks["train_imported"] = time.monotonic()
     model = module.train(ctx)
     marks["returned"] = time.monotonic()
+    rng = f"{ctx.rng_at_start or '-'}:{rng_fingerprint()}"
     try:  # the referee times the end of training from this, not from anything written here
         os.write(args.req_fd, b"R\n")
     except OSError:
@@ -222,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
         "gpu_name": torch.cuda.get_device_name() if ctx.is_cuda else "",
         "marks": marks,
         "compile": _compile_stats(),
+        "rng": rng,
     }
     (args.out / "stats.json").write_text(json.dumps(stats))
 

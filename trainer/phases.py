@@ -71,8 +71,9 @@ def step_times(clock: BudgetClock) -> dict:
 
 
 def read_stats(path: Path) -> dict:
-    """What the trial says about itself (parameters, VRAM, phase stamps, compile times):
-    shown, never used to judge it; anything malformed is dropped."""
+    """What the trial says about itself (parameters, VRAM, phase stamps, compile times, the
+    digest of its random draws): shown, never used to judge it, except that the digest picks
+    the test a paired run gets (cluster.gate.comparable); anything malformed is dropped."""
     try:
         if path.stat().st_size > 1 << 16:
             return {}
@@ -86,6 +87,9 @@ def read_stats(path: Path) -> dict:
         for k in ("num_params", "peak_vram_mb")
         if isinstance(raw.get(k), int | float) and 0 <= raw[k] < 1e18
     }
+    rng = raw.get("rng")
+    if isinstance(rng, str) and len(rng) <= 40 and rng.replace(":", "").replace("-", "").isalnum():
+        out["rng"] = rng
     for k in ("marks", "compile"):
         if isinstance(raw.get(k), dict):
             out[k] = {

@@ -30,6 +30,7 @@ class TrialResult:
     log_path: str = ""
     self_reported: bool = False  # protocol=autoresearch: the metric came from train.py's output
     confinement: str = ""  # what held the trial: namespaces, landlock or none
+    rng: str = ""  # what random numbers train.py drew (trainer.harness.rng_fingerprint)
     started: float | None = None
     ended: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
