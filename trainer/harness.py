@@ -39,19 +39,23 @@ def _read_exact(fd: int, n: int) -> bytes:
 def rng_fingerprint() -> str:
     """A digest of the state of every random generator a train.py may draw from: torch (and
     CUDA once it is in use), numpy and random. The referee seeds them all; two runs at one seed
-    whose states agree when training starts and when it ends drew the same random numbers."""
+    whose states agree when training starts and when it ends drew the same random numbers.
+    "?" when a state cannot be read: never taken for a real digest, so never a pair."""
     import hashlib
 
     import numpy as np
     import torch
 
-    h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for state in torch.cuda.get_rng_state_all():
-            h.update(state.numpy().tobytes())
-    kind, keys, pos, *rest = np.random.get_state()
-    h.update(keys.tobytes() + repr((kind, pos, *rest)).encode())
-    h.update(repr(random.getstate()).encode())
+    try:
+        h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            for state in torch.cuda.get_rng_state_all():
+                h.update(state.cpu().numpy().tobytes())
+        kind, keys, pos, *rest = np.random.get_state()
+        h.update(keys.tobytes() + repr((kind, pos, *rest)).encode())
+        h.update(repr(random.getstate()).encode())
+    except Exception:  # train.py's to break; its training goes on, judged unpaired
+        return "?"
     return h.hexdigest()[:16]
 
 

@@ -88,7 +88,7 @@ def read_stats(path: Path) -> dict:
         if isinstance(raw.get(k), int | float) and 0 <= raw[k] < 1e18
     }
     rng = raw.get("rng")
-    if isinstance(rng, str) and len(rng) <= 40 and rng.replace(":", "").replace("-", "").isalnum():
+    if isinstance(rng, str) and 0 < len(rng) <= 40 and set(rng) <= set("0123456789abcdef:-?"):
         out["rng"] = rng
     for k in ("marks", "compile"):
         if isinstance(raw.get(k), dict):
