@@ -11,7 +11,9 @@ autoresearch report  --tag TAG
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -183,9 +185,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the driver's loop (its own handler is in driver._run)
-        import signal
+        from cluster.driver import exit_after
 
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ray's shutdown at exit runs uncut
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ray's shutdown at exit runs uncut,
+        exit_after()  # but not for ever
         print("interrupted", file=sys.stderr)
         return 130
     return 0
@@ -399,6 +402,8 @@ def main(argv: list[str] | None = None) -> None:
     from trainer.prepare import PrepareError
 
     args = build_parser().parse_args(argv)
+    # `kill -USR1 PID` prints where every thread of a stuck driver is, to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
         sys.exit(args.func(args))
     except PrepareError as e:  # e.g. a read-only cache that was never prepared

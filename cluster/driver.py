@@ -13,6 +13,9 @@ import os
 import shutil
 import signal
 import statistics
+import sys
+import threading
+import time
 
 import ray
 
@@ -102,6 +105,27 @@ def prepare_llm(camp: Campaign, proposers) -> None:
         p.preflight()
 
 
+CLEANUP_LIMIT_S = 60.0  # after a Ctrl-C, the longest the clean-up may take before we just exit
+
+
+def exit_after(seconds: float = CLEANUP_LIMIT_S) -> None:
+    """After a Ctrl-C: exit (130) in `seconds` if the clean-up (cancelling trials, Ray's own
+    shutdown at exit) has not ended by then. A user who pressed Ctrl-C wants the prompt back;
+    every finished trial is already an fsync'd ledger row, and a resume re-runs the rest."""
+
+    def watchdog() -> None:
+        time.sleep(seconds)
+        print(
+            f"clean-up still running after {seconds:g} s: exiting without waiting for it "
+            "(the ledger holds every finished trial; resume re-runs the others)",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(130)
+
+    threading.Thread(target=watchdog, daemon=True, name="exit-after").start()
+
+
 def _run(camp: Campaign, cfg: CampaignConfig) -> None:
     proposers = build_proposers(cfg, camp.repo)  # before Ray: a missing API key fails fast
     prepare_llm(camp, proposers)
@@ -158,6 +182,7 @@ def _run(camp: Campaign, cfg: CampaignConfig) -> None:
         # The clean-up (cancel, stop the workers, Ray's own shutdown at exit) must not be cut
         # short by the next Ctrl-C into a traceback: it takes seconds; kill -9 still works.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        exit_after()
         camp.say(
             "interrupted: running trials are cancelled and will be re-run on resume "
             "(cleaning up; further Ctrl-C are ignored)"

@@ -409,7 +409,15 @@ def test_ctrl_c_ends_a_campaign_cleanly(tmp_path, data):
                 break
             os.killpg(first.pid, signal.SIGINT)
             time.sleep(0.4)
-        out = first.communicate(timeout=120)[0]
+        try:  # the driver gives its clean-up 60 s (driver.exit_after), then exits anyway
+            out = first.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            os.kill(first.pid, signal.SIGUSR1)  # where it is stuck: every thread's stack
+            try:
+                out = first.communicate(timeout=5)[0]
+            except subprocess.TimeoutExpired as e:
+                out = e.output.decode() if isinstance(e.output, bytes) else e.output or ""
+            pytest.fail("still running 120 s after Ctrl-C:\n" + out)
     finally:
         try:
             kill_driver(first)  # what it started and left behind, if anything
@@ -418,3 +426,14 @@ def test_ctrl_c_ends_a_campaign_cleanly(tmp_path, data):
     assert "Traceback" not in out, out
     assert first.returncode in (0, 130), out
     assert "interrupted" in out
+
+
+def test_a_clean_up_that_hangs_after_ctrl_c_ends_on_its_own():
+    """After a Ctrl-C the driver gives its clean-up (cancelling, Ray's shutdown at exit) a
+    limit, then exits 130 anyway: the user gets the prompt back, and the ledger already holds
+    every finished trial."""
+    code = "import time\nfrom cluster.driver import exit_after\nexit_after(1)\ntime.sleep(60)\n"
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 130 and time.monotonic() - t0 < 40, proc.stderr
+    assert "exiting without waiting" in proc.stderr
