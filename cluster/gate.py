@@ -93,7 +93,7 @@ class Gate:
 def comparable(rng: str | None, partner_rng: str | None) -> bool:
     """Whether a run and its partner at the same seed drew the same random numbers, so their
     difference is a paired one (their digests agree, or one is not known: the simulator, a
-    ledger older than the digest). A change of the model's shapes (MLP_RATIO, a width, a
+    ledger older than the digest; a trial of the referee that reports none has "?"). A change of the model's shapes (MLP_RATIO, a width, a
     layer) changes what its initialization draws: its run shares only the batch order with
     its partner, and on the CPU default its paired difference then spreads as widely as two
     unpaired runs (std 0.024 for MLP_RATIO 4 -> 8, against 0.004-0.008 for a learning rate).

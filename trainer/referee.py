@@ -342,7 +342,7 @@ def run_trial(
         num_params_M=round(stats["num_params"] / 1e6, 4) if "num_params" in stats else None,
         peak_vram_mb=round(stats.get("peak_vram_mb", 0.0), 1) if stats else None,
         gpu_name=gpu_name,
-        rng=stats.get("rng", ""),
+        rng=stats.get("rng") or "?",  # none reported: never taken for a pair
     )
     extra.update(
         warmup_tokens=clock.warmup_tokens,
