@@ -99,7 +99,9 @@ def comparable(rng: str | None, partner_rng: str | None) -> bool:
     unpaired runs (std 0.024 for MLP_RATIO 4 -> 8, against 0.004-0.008 for a learning rate).
     Judged against the noise of pairs of learning-rate changes, a null change of shape would
     pass a 2-sigma screen about a quarter of the time."""
-    return not rng or not partner_rng or rng == partner_rng
+    if not rng or not partner_rng:
+        return True
+    return rng == partner_rng and "?" not in rng  # "?": a state that was not read
 
 
 def _unselected(r: dict[str, Any]) -> bool:

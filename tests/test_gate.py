@@ -115,5 +115,6 @@ def test_a_pair_whose_runs_drew_other_random_numbers_is_not_a_pair():
     index = RowIndex(parent + child)
     assert index.pairs[("C", "P")] == pytest.approx([-0.10, -0.09, -0.07])
     assert comparable("a", "a") and comparable(None, "b") and not comparable("a", "b")
+    assert not comparable("?", "?") and not comparable("?:a", "?:a")  # digests not read
     child[3]["rng"] = "a"
     assert len(RowIndex(parent + child).pairs[("C", "P")]) == 4
