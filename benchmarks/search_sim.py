@@ -72,6 +72,7 @@ from cluster.proposers.mutate import MutateProposer  # noqa: E402
 from cluster.repo import MemoryRepo  # noqa: E402
 from cluster.simulate import SimExecutor  # noqa: E402
 from cluster.strategy import build_strategy  # noqa: E402
+from trainer import pyast  # noqa: E402
 
 TARGET_FILE = "train.py"
 # name: (start, optimum, comment). Starts are 2-5x off the optimum, both directions.
@@ -210,7 +211,7 @@ HARD_HEADROOM, HARD_HOURS, HARD_TARGET = 0.2, 24.0, 0.3
 def constants_of(source: str, names=None) -> dict[str, float]:
     names = set(names or CONSTANTS)
     out = {}
-    for node in ast.parse(source).body:
+    for node in pyast.parse(source).body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             if node.targets[0].id in names:
                 out[node.targets[0].id] = node.value.value

@@ -19,13 +19,14 @@ import tokenize
 from cluster.patches import PatchError, apply_patch, touched_paths
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal
+from trainer import pyast
 
 
 @functools.lru_cache(maxsize=16)
 def _parse(source: str) -> ast.Module:
     """ast.parse, remembered for the few sources one validation reads more than once (the
     candidate, and its incumbent for every candidate of it). The trees are only read."""
-    return ast.parse(source)
+    return pyast.parse(source)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -95,8 +96,8 @@ def _check(proposal: Proposal, ctx: ProposalContext, seen: set[str]) -> str:
         raise _Invalid(f"the patch changes only comments or formatting of {target}")
     if new_hash in seen:
         raise _Invalid("duplicate of a change already tried or in flight (same normalized code)")
-    try:  # from the tree the hash parsed (when it did): the source is parsed once
-        compile(_parse(new), target, "exec")
+    try:  # from the source: a tree is a Python object to convert, and not thread-safe (pyast)
+        compile(new, target, "exec")
     except SyntaxError as exc:
         where = f" (line {exc.lineno})" if exc.lineno else ""
         raise _Invalid(f"{target} does not compile: {exc.msg}{where}") from None

@@ -83,7 +83,7 @@ def make_repo(path: Path, **constants) -> Path:
     return commit_repo(path, files)
 
 
-def start_cli(repo: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+def start_cli(repo: Path, *args: str, env: dict | None = None, preexec_fn=None) -> subprocess.Popen:
     """`autoresearch <args>` in `repo`, in its own session (so `kill_driver` takes all it
     started); its Ray is its own (RAY_ADDRESS=local), not one another test left running."""
     import sys
@@ -96,6 +96,7 @@ def start_cli(repo: Path, *args: str, env: dict | None = None) -> subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
 
 

@@ -398,7 +398,9 @@ def test_ctrl_c_ends_a_campaign_cleanly(tmp_path, data):
     repo = make_repo(tmp_path / "repo")
     args = ["run", "--tag", "cc", "--repo", str(repo), "--budget", "20steps", "--device"]
     args += ["cpu", "--vocab-size", str(TEST_VOCAB), "--workers", "2", "--rounds", "50"]
-    first = start_cli(repo, *args)
+    # A job started in the background by a script (`bash .ci/run &`) inherits SIGINT ignored,
+    # and Python then leaves it ignored: give the driver what a terminal's process has.
+    first = start_cli(repo, *args, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not ledger_rows(repo, "cc") and time.monotonic() < deadline:

@@ -13,6 +13,8 @@ import ast
 import functools
 from collections import Counter
 
+from trainer import pyast
+
 REFEREE_MODULES = (
     "trainer.prepare",
     "trainer.referee",
@@ -40,7 +42,7 @@ SUSPECT_STRINGS = (
 def _parse(source: str) -> ast.Module:
     """ast.parse, remembered for the few sources one validation checks several times (the
     candidate, and its incumbent for every candidate of it). The trees are only read."""
-    return ast.parse(source)
+    return pyast.parse(source)
 
 
 @functools.lru_cache(maxsize=16)
@@ -199,7 +201,7 @@ def protocol_violations(source: str, incumbent: str) -> list[str]:
     try:
         base = _parse(incumbent)
     except (SyntaxError, ValueError):
-        base = ast.parse("")
+        base = pyast.parse("")
     mods, names, evaluators = _protocol_imports(tree)
     m2, n2, e2 = _protocol_imports(base)
     mods, evaluators = mods | m2, evaluators | e2

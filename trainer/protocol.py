@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from trainer import pyast
 from trainer import sandbox as _sandbox
 from trainer.results import TrialResult
 
@@ -101,7 +102,7 @@ def named_caches(prepare_source: str) -> list[str]:
     home): `os.path.join(os.path.expanduser("~"), ".cache", "x")`, `Path.home() / ".cache"
     / "x"`, `"~/.cache/x"`. Its data may live elsewhere than upstream's ~/.cache/autoresearch."""
     try:
-        tree = ast.parse(prepare_source)
+        tree = pyast.parse(prepare_source)
     except (SyntaxError, ValueError):
         return []
     out, inner = [], set()
@@ -149,7 +150,7 @@ SEED_CALLS = ("manual_seed", "seed", "manual_seed_all")
 def _literal_assign(source: str, name: str) -> float | None:
     """The number a module-level `NAME = <literal>` gives, or None."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except (SyntaxError, ValueError):
         return None
     for node in tree.body:
@@ -193,7 +194,7 @@ def repo_seed(source: str) -> int | None:
     """The seed a train.py sets (`torch.manual_seed(42)`, `mx.random.seed(42)`, ...: the first
     seeding call with an integer literal, in source order); None when it sets none."""
     try:
-        tree = ast.parse(source)
+        tree = pyast.parse(source)
     except (SyntaxError, ValueError):
         return None
     calls = [

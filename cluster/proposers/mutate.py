@@ -30,6 +30,7 @@ from collections import defaultdict
 from cluster.patches import make_patch
 from cluster.proposers.base import ProposalContext
 from cluster.records import Proposal
+from trainer import pyast
 
 FLOAT_FACTORS = (0.5, 0.7, 0.8, 1.25, 1.4, 2.0)
 INT_STEPS = (-1, 1, 0.5, 2.0)  # +-1, or halve/double
@@ -39,7 +40,7 @@ WIDE_INT_STEPS = (-3, -2, 2, 3, 0.75, 1.5)
 def numeric_constants(source: str) -> list[tuple[str, ast.Constant]]:
     """Module-level `NAME = number` assignments with UPPER_CASE names, in source order."""
     out = []
-    for node in ast.parse(source).body:
+    for node in pyast.parse(source).body:
         if (
             isinstance(node, ast.Assign)
             and len(node.targets) == 1
@@ -165,7 +166,7 @@ def inert_constants(source: str) -> frozenset[str]:
     """Constants that change nothing a trial measures: read, and only inside print or logging
     calls (an MFU denominator, a log interval). Perturbing them wastes a run. One never read by
     name is kept: code may read it another way (globals(), a harness reading the module)."""
-    tree = ast.parse(source)
+    tree = pyast.parse(source)
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     useful: set[str] = set()
     shown: set[str] = set()
