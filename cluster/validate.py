@@ -22,13 +22,6 @@ from cluster.records import Proposal
 from trainer import pyast
 
 
-@functools.lru_cache(maxsize=16)
-def _parse(source: str) -> ast.Module:
-    """ast.parse, remembered for the few sources one validation reads more than once (the
-    candidate, and its incumbent for every candidate of it). The trees are only read."""
-    return pyast.parse(source)
-
-
 @functools.lru_cache(maxsize=4096)
 def source_hash(source: str) -> str:
     """Hash of a Python source that ignores comments, blank lines and formatting.
@@ -39,7 +32,7 @@ def source_hash(source: str) -> str:
     proposer repeating itself, and every check against the same incumbent, parse nothing.
     """
     try:
-        normal = ast.unparse(_parse(source))
+        normal = ast.unparse(pyast.parse(source))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         normal = _strip_comments(source)
         normal = "\n".join(line.rstrip() for line in normal.splitlines() if line.strip())
@@ -120,7 +113,7 @@ def _first_line(text: str) -> str:
 
 def _defines_train(source: str) -> bool:
     try:
-        tree = _parse(source)
+        tree = pyast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return any(

@@ -39,16 +39,9 @@ SUSPECT_STRINGS = (
 
 
 @functools.lru_cache(maxsize=16)
-def _parse(source: str) -> ast.Module:
-    """ast.parse, remembered for the few sources one validation checks several times (the
-    candidate, and its incumbent for every candidate of it). The trees are only read."""
-    return pyast.parse(source)
-
-
-@functools.lru_cache(maxsize=16)
 def _nodes(source: str) -> tuple[ast.AST, ...]:
     """Every node of the source's tree (ast.walk's order), walked once for both checks."""
-    return tuple(ast.walk(_parse(source)))
+    return tuple(ast.walk(pyast.parse(source)))
 
 
 def referee_violations(source: str) -> list[str]:
@@ -195,11 +188,11 @@ def protocol_violations(source: str, incumbent: str) -> list[str]:
     times the incumbent has them). Static and best-effort: the metric stays self-reported.
     """
     try:
-        tree = _parse(source)
+        tree = pyast.parse(source)
     except SyntaxError as e:
         return [f"line {e.lineno}: does not parse: {e.msg}"]
     try:
-        base = _parse(incumbent)
+        base = pyast.parse(incumbent)
     except (SyntaxError, ValueError):
         base = pyast.parse("")
     mods, names, evaluators = _protocol_imports(tree)

@@ -295,6 +295,6 @@ class MutateProposer:
         self._made[inc] = made  # most recent last; incumbents long replaced are forgotten
         while len(self._made) > 64:
             self._made.pop(next(iter(self._made)))
-        made |= self._ledger.update(ctx.history).tried.get(inc, set())
+        made |= self._ledger.tried.get(inc, set())  # propose took ctx.history in
         made |= {d for d in ctx.in_flight if d}
         return made
